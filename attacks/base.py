@@ -1,0 +1,60 @@
+"""The attack interface and its registry.
+
+An attack declares the threat model (and so the view type) it needs and returns either
+membership scores, source guesses or reconstructions. Constructors store hyperparameters
+only; randomness arrives as an argument. Attacks never see ground truth: scoring lives in
+``bench.metrics``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from bench.registry import Registry
+
+ATTACKS: Registry = Registry("attack")
+
+
+class Attack:
+    """Base class.
+
+    Class attributes:
+        Params: frozen dataclass of hyperparameters.
+        threat_model: ``"outsider"`` (gets an ``OutsiderView``) or ``"server"`` (``ServerView``).
+        needs_individual_updates: refused at load time when a defense hides updates.
+        kind: ``"membership"``, ``"source"``, ``"reconstruction"`` or ``"audit"``.
+    """
+
+    Params: ClassVar[type]
+    name: ClassVar[str] = "attack"
+    threat_model: ClassVar[str] = "outsider"
+    needs_individual_updates: ClassVar[bool] = False
+    kind: ClassVar[str] = "membership"
+
+    def __init__(self, params: Any) -> None:
+        self.params = params
+
+    @classmethod
+    def check(cls, params: Any, cfg: Any) -> None:
+        """Raise ``ConfigError`` if the attack cannot run on ``cfg``."""
+
+    @classmethod
+    def label(cls, params: Any) -> str:
+        return cls.name
+
+    def run(self, view: Any, rng: np.random.Generator) -> Any:
+        raise NotImplementedError
+
+
+@torch.no_grad()
+def per_example_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 4096) -> torch.Tensor:
+    """Cross-entropy loss of each example under ``model`` (evaluation mode)."""
+    model.eval()
+    out = []
+    for s in range(0, len(x), batch):
+        logits = model(x[s : s + batch])
+        out.append(torch.nn.functional.cross_entropy(logits, y[s : s + batch], reduction="none"))
+    return torch.cat(out) if out else torch.empty(0)

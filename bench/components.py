@@ -1,0 +1,82 @@
+"""Access to the component registries (datasets, models, defenses, attacks) and the
+load-time compatibility check of a configured experiment."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.registry import Registry
+from bench.types import ConfigError
+
+
+def registry(kind: str) -> Registry:
+    """The registry of one family: ``dataset``, ``model``, ``defense`` or ``attack``."""
+    if kind == "defense":
+        from defenses import DEFENSES
+
+        return DEFENSES
+    if kind == "attack":
+        from attacks import ATTACKS
+
+        return ATTACKS
+    if kind == "dataset":
+        from bench.data import DATASETS
+
+        return DATASETS
+    if kind == "model":
+        from bench.models import MODELS
+
+        return MODELS
+    raise ValueError(f"unknown component family {kind!r}")
+
+
+def component_class(kind: str, name: str) -> Any:
+    return registry(kind).get(name)
+
+
+def check_experiment(cfg) -> None:
+    """Refuse, before any training, what cannot work; each reason is one line.
+
+    * unknown dataset/model names;
+    * partitions a dataset does not support;
+    * attacks whose threat model needs individual updates while a defense hides them;
+    * more than one defense that replaces aggregation;
+    * each component's own ``check(cfg)``.
+    """
+    datasets = registry("dataset")
+    if cfg.data.name not in datasets:
+        raise ConfigError(f"data.name: {datasets.unknown_message(cfg.data.name)}")
+    models = registry("model")
+    if cfg.model.name not in models:
+        raise ConfigError(f"model.name: {models.unknown_message(cfg.model.name)}")
+    datasets.get(cfg.data.name).check(cfg)
+    models.get(cfg.model.name).check(cfg)
+    if cfg.train.sites_per_round is not None and cfg.data.partition != "natural":
+        if cfg.train.sites_per_round > cfg.data.num_sites:
+            raise ConfigError(
+                f"train.sites_per_round: got {cfg.train.sites_per_round}; must be <= data.num_sites ({cfg.data.num_sites})"
+            )
+    names = [s.name for s in cfg.defenses]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise ConfigError(f"defenses: {sorted(dupes)[0]!r} listed twice; list each defense once")
+    anames = [s.name for s in cfg.attacks]
+    adupes = {n for n in anames if anames.count(n) > 1}
+    if adupes:
+        raise ConfigError(f"attacks: {sorted(adupes)[0]!r} listed twice; list each attack once")
+    dcls = [component_class("defense", s.name) for s in cfg.defenses]
+    aggregators = [s.name for s, c in zip(cfg.defenses, dcls) if c.replaces_aggregation]
+    if len(aggregators) > 1:
+        raise ConfigError(f"defenses: {aggregators} both replace aggregation; keep one")
+    hiders = [s.name for s, c in zip(cfg.defenses, dcls) if c.hides_updates]
+    for spec in cfg.attacks:
+        acls = component_class("attack", spec.name)
+        if acls.needs_individual_updates and hiders:
+            raise ConfigError(
+                f"attacks: {spec.name!r} needs each hospital's individual update, but {hiders[0]!r} "
+                "shows the server only their sum; drop one of them"
+            )
+    for spec, c in zip(cfg.defenses, dcls):
+        c.check(spec.params, cfg)
+    for spec in cfg.attacks:
+        component_class("attack", spec.name).check(spec.params, cfg)

@@ -1,0 +1,225 @@
+"""Frozen experiment configuration, YAML loading, ``--set`` overrides and validation.
+
+The dataclasses are the schema; YAML is only a serialisation. Library code never receives
+raw dicts: everything is validated here, at load time, before anything trains or logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+import yaml
+
+from bench.schema import from_dict, to_dict
+from bench.types import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data, how it is split into hospitals, members, non-members and test records."""
+
+    name: str = "breast_cancer"
+    partition: Literal["natural", "iid", "dirichlet"] = "iid"
+    num_sites: int = field(default=4, metadata={"ge": 1, "le": 1000})
+    alpha: float = field(default=1.0, metadata={"gt": 0})
+    member_fraction: float = field(default=0.5, metadata={"gt": 0, "lt": 1})
+    test_fraction: float = field(default=0.2, metadata={"gt": 0, "lt": 1})
+    max_records_per_site: Optional[int] = field(default=None, metadata={"ge": 4})
+    data_dir: Optional[str] = None
+    download: bool = True
+    path: Optional[str] = None
+    site_column: str = "site"
+    label_column: str = "label"
+    categorical_columns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Model architecture (see ``privbench list``)."""
+
+    name: str = "logreg"
+    hidden: tuple[int, ...] = (32,)
+    channels: int = field(default=8, metadata={"ge": 1})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """FedAvg settings."""
+
+    rounds: int = field(default=10, metadata={"ge": 1, "le": 100000})
+    sites_per_round: Optional[int] = field(default=None, metadata={"ge": 1})
+    local_epochs: int = field(default=1, metadata={"ge": 1})
+    batch_size: int = field(default=32, metadata={"ge": 1})
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = field(default=0.1, metadata={"gt": 0})
+    momentum: float = field(default=0.0, metadata={"ge": 0, "lt": 1})
+    weight_decay: float = field(default=0.0, metadata={"ge": 0})
+    server_lr: float = field(default=1.0, metadata={"gt": 0})
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Accounting settings. ``delta: null`` means 1/(10·n) for the party's n records/clients."""
+
+    delta: Optional[float] = field(default=None, metadata={"gt": 0, "lt": 1})
+    accountant: Literal["rdp", "prv"] = "rdp"
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """A defense or attack by registered name, with its validated parameters."""
+
+    name: str
+    params: Any
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, **to_dict(self.params)}
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One fully resolved cell of a suite."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
+    defenses: tuple[ComponentSpec, ...] = ()
+    attacks: tuple[ComponentSpec, ...] = ()
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("defenses", "attacks"):
+                out[f.name] = [spec.to_dict() for spec in value]
+            else:
+                out[f.name] = to_dict(value)
+        return out
+
+    @property
+    def run_key(self) -> str:
+        """Hash of the resolved config (seed included): identifies a cell across invocations."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def flat_params(self) -> dict[str, str]:
+        """The config flattened with dots, for MLflow params (``defenses.dp_sgd.noise_multiplier``)."""
+        flat: dict[str, str] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else k, v)
+            else:
+                flat[prefix] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+        d = self.to_dict()
+        for group in ("defenses", "attacks"):
+            specs = d.pop(group)
+            flat[group] = "+".join(s["name"] for s in specs) or "none"
+            for s in specs:
+                walk(f"{group}.{s['name']}", {k: v for k, v in s.items() if k != "name"})
+        walk("", d)
+        return flat
+
+    def label(self) -> str:
+        """A run name a person can read: ``heart_disease · dp_sgd(z=1.0)+secure_aggregation · seed 0``."""
+        from bench.components import component_class
+
+        parts = [component_class("defense", s.name).label(s.params) for s in self.defenses]
+        return f"{self.data.name} · {'+'.join(parts) or 'no defense'} · seed {self.seed}"
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _parse_specs(kind: str, raw: Any, path: str) -> tuple[ComponentSpec, ...]:
+    from bench.components import component_class, registry
+
+    if raw is None:
+        return ()
+    if not isinstance(raw, (list, tuple)):
+        raise ConfigError(f"{path}: got {raw!r}; expected a list of {{name: ..., <params>}} entries")
+    specs = []
+    for i, item in enumerate(raw):
+        where = f"{path}[{i}]"
+        if isinstance(item, str):
+            item = {"name": item}
+        if not isinstance(item, dict) or "name" not in item:
+            raise ConfigError(f"{where}: got {item!r}; expected a mapping with a 'name' key")
+        name = item["name"]
+        reg = registry(kind)
+        if name not in reg:
+            raise ConfigError(f"{where}.name: {reg.unknown_message(name)}")
+        cls = component_class(kind, name)
+        params = from_dict(cls.Params, {k: v for k, v in item.items() if k != "name"}, f"{path}.{name}")
+        specs.append(ComponentSpec(name=name, params=params))
+    return tuple(specs)
+
+
+def parse_experiment(raw: Any, path: str = "") -> ExperimentConfig:
+    """Validate a raw mapping into an :class:`ExperimentConfig` (one line per error)."""
+    from bench.components import check_experiment
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path or 'base'}: got {raw!r}; expected a mapping")
+    raw = dict(raw)
+    defenses = _parse_specs("defense", raw.pop("defenses", None), "defenses")
+    attacks = _parse_specs("attack", raw.pop("attacks", None), "attacks")
+    cfg = from_dict(ExperimentConfig, raw)
+    cfg = dataclasses.replace(cfg, defenses=defenses, attacks=attacks)
+    check_experiment(cfg)
+    return cfg
+
+
+def set_path(raw: dict, dotted: str, value: Any) -> dict:
+    """Return a copy of ``raw`` with ``dotted`` (``train.lr``) set to ``value``."""
+    keys = dotted.split(".")
+    if not all(keys):
+        raise ConfigError(f"override {dotted!r}: empty key in path; write it like train.lr=0.05")
+    out = json.loads(json.dumps(raw))  # deep copy of plain YAML data
+    node = out
+    for k in keys[:-1]:
+        child = node.get(k)
+        if child is None:
+            child = node[k] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``key.path=value`` (value in YAML syntax) from ``--set``."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key.path=value, e.g. --set train.rounds=5")
+    key, _, value = text.partition("=")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML") from None
+
+
+def load_yaml(path: str) -> Any:
+    """Read a YAML file with ``yaml.safe_load``; errors name the file and line."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found; pass the path of a suite YAML, e.g. experiments/quick.yaml") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory; pass a suite YAML file") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}:{where}: {problem}; fix the YAML syntax") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file; pass a suite YAML file") from None

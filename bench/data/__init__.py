@@ -1,0 +1,97 @@
+"""Datasets (one registry) and :func:`build_federation`: hospitals, members, non-members, truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from bench.data.partition import dirichlet_partition, iid_partition, split_site
+from bench.data.table import RawData, TableEncoder
+from bench.registry import Registry
+from bench.seeding import Seeds
+from bench.types import ConfigError, DatasetInfo, Federation, GroundTruth, Records, Site
+
+DATASETS: Registry = Registry("dataset")
+
+from bench.data import csv_data, heart_disease, sklearn_sets  # noqa: E402,F401  (registration)
+
+
+def _site_indices(raw: RawData, cfg, rng: np.random.Generator) -> tuple[list[np.ndarray], tuple[str, ...]]:
+    if cfg.partition == "natural":
+        if raw.site is None:
+            raise ConfigError(f"data.partition: 'natural' needs a dataset with real sites; {raw.name!r} has none (use iid or dirichlet)")
+        parts = [np.flatnonzero(raw.site == s) for s in range(len(raw.site_names))]
+        return parts, raw.site_names
+    n = len(raw.y)
+    if cfg.partition == "iid":
+        parts = iid_partition(n, cfg.num_sites, rng)
+    else:
+        parts = dirichlet_partition(raw.y, cfg.num_sites, cfg.alpha, rng)
+    return parts, tuple(f"site{i}" for i in range(cfg.num_sites))
+
+
+def encode(raw: RawData, member_index: np.ndarray):
+    """Fit preprocessing on the member records only; return (transform, info)."""
+    if raw.image_shape is not None:
+        info = DatasetInfo(
+            name=raw.name,
+            input_shape=raw.image_shape,
+            num_classes=raw.num_classes,
+            modality="image",
+            class_names=raw.class_names,
+        )
+        return (lambda x: (x / raw.image_scale).astype(np.float32)), info
+    enc = TableEncoder.fit(raw.columns, raw.x[member_index])
+    features = enc.features()
+    width = features[-1].columns[1]
+    info = DatasetInfo(
+        name=raw.name, input_shape=(width,), num_classes=raw.num_classes, features=features, class_names=raw.class_names
+    )
+    return enc.transform, info
+
+
+def build_federation(cfg, seeds: Seeds) -> tuple[Federation, GroundTruth]:
+    """Load ``cfg.name``, split it into hospitals and member / non-member / test records.
+
+    Args:
+        cfg: a :class:`bench.config.DataConfig`.
+        seeds: the experiment's seeds; the split uses the stream ``("data",)``.
+
+    Returns:
+        The federation (what the simulation uses) and the ground truth (only scoring sees it).
+    """
+    raw = DATASETS.get(cfg.name).load(cfg)
+    rng = seeds.rng("data")
+    parts, names = _site_indices(raw, cfg, rng)
+    splits = []
+    for part in parts:
+        if cfg.max_records_per_site is not None and len(part) > cfg.max_records_per_site:
+            part = np.sort(rng.choice(part, cfg.max_records_per_site, replace=False))
+        mem, non, test = split_site(part, raw.y, cfg.test_fraction, cfg.member_fraction, rng)
+        if len(mem) < 2 or len(non) < 1 or len(test) < 1:
+            raise ConfigError(
+                f"data: a hospital has too few records ({len(part)}) for members/non-members/test; use fewer hospitals or larger fractions"
+            )
+        splits.append((mem, non, test))
+    transform, info = encode(raw, np.concatenate([s[0] for s in splits]))
+    x_all = torch.from_numpy(transform(raw.x))
+    y_all = torch.from_numpy(raw.y.astype(np.int64))
+    ids_all = np.arange(len(raw.y), dtype=np.int64)
+    records = Records(ids=ids_all, x=x_all, y=y_all)
+
+    sites = tuple(Site(name=n, train=records.take(m), test=records.take(t)) for n, (m, _, t) in zip(names, splits))
+    test = Records.concat([s.test for s in sites])
+    cand_index = np.concatenate([np.concatenate([m, u]) for m, u, _ in splits])
+    cand_site = np.concatenate([np.full(len(m) + len(u), i) for i, (m, u, _) in enumerate(splits)])
+    cand_member = np.concatenate([np.r_[np.ones(len(m), bool), np.zeros(len(u), bool)] for m, u, _ in splits])
+    order = rng.permutation(len(cand_index))
+    candidates = records.take(cand_index[order])
+    truth = GroundTruth(
+        candidate_ids=candidates.ids,
+        candidate_is_member=cand_member[order],
+        candidate_site=cand_site[order],
+        site_names=names,
+        site_train={s.name: s.train for s in sites},
+    )
+    fed = Federation(info=info, sites=sites, test=test, candidates=candidates, population=candidates)
+    return fed, truth

@@ -1,0 +1,156 @@
+"""The in-process FedAvg engine.
+
+It returns a :class:`~bench.types.TrainingRecord` of what happened each round: the global
+model the server sent, each hospital's update as sent (after client-side defenses) and the
+aggregate the server applied. Attacker views are derived from it (``bench.views``).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from bench.metrics import utility_metrics
+from bench.models import flatten, num_params
+from bench.seeding import Seeds
+from bench.training import LocalSettings, PlainTrainer
+from bench.types import Disclosure, Federation, RoundRecord, TrainingRecord
+from defenses.base import ClientContext, Defense, FederationFacts, ServerContext, weighted_sum
+
+RoundCallback = Callable[[RoundRecord], None]
+
+
+def local_settings(train_cfg) -> LocalSettings:
+    return LocalSettings(
+        epochs=train_cfg.local_epochs,
+        batch_size=train_cfg.batch_size,
+        optimizer=train_cfg.optimizer,
+        lr=train_cfg.lr,
+        momentum=train_cfg.momentum,
+        weight_decay=train_cfg.weight_decay,
+    )
+
+
+def federation_facts(fed: Federation, train_cfg, privacy_cfg, n_params: int) -> FederationFacts:
+    k = train_cfg.sites_per_round or len(fed.sites)
+    return FederationFacts(
+        site_names=fed.site_names,
+        site_sizes={s.name: len(s.train) for s in fed.sites},
+        sites_per_round=min(k, len(fed.sites)),
+        rounds=train_cfg.rounds,
+        num_params=n_params,
+        local_epochs=train_cfg.local_epochs,
+        batch_size=train_cfg.batch_size,
+        accountant=privacy_cfg.accountant,
+        delta=privacy_cfg.delta,
+    )
+
+
+def _payload_bytes(update: torch.Tensor) -> float:
+    return float(update.numel() * update.element_size())
+
+
+def run_federated(
+    fed: Federation,
+    initial_model: torch.nn.Module,
+    defenses: Sequence[Defense],
+    train_cfg,
+    privacy_cfg,
+    seeds: Seeds,
+    on_round: Optional[RoundCallback] = None,
+    evaluate: bool = True,
+) -> TrainingRecord:
+    """Run FedAvg with ``defenses`` and return the record of every round.
+
+    Args:
+        fed: the hospitals and test data.
+        initial_model: the global model at round 0 (its weights are not modified).
+        defenses: ordered defenses; client hooks in order, server hooks in reverse.
+        train_cfg: ``bench.config.TrainConfig``.
+        privacy_cfg: ``bench.config.PrivacyConfig`` (passed to defenses as facts).
+        seeds: streams ``("select", r)``, ``("train", site, r)``, ``("defense", name, ...)``.
+        on_round: called with each finished round (progress, streaming metrics).
+        evaluate: compute utility on the test sets each round.
+    """
+    t_start = time.perf_counter()
+    global_params = flatten(initial_model)
+    facts = federation_facts(fed, train_cfg, privacy_cfg, num_params(initial_model))
+    for d in defenses:
+        d.setup(facts)
+    settings = local_settings(train_cfg)
+    trainers = {}
+    for site in fed.sites:
+        trainer = PlainTrainer(copy.deepcopy(initial_model), site.train, settings)
+        for d in defenses:  # client hooks in list order: the first defense wraps first
+            trainer = d.wrap_local_training(trainer, site.name)
+        trainers[site.name] = trainer
+    eval_model = copy.deepcopy(initial_model)
+    sizes = facts.site_sizes
+    aggregator = next((d for d in defenses if d.replaces_aggregation), None)
+    uniform = any(d.uniform_weights for d in defenses)
+    rounds = []
+    for r in range(1, train_cfg.rounds + 1):
+        t_round = time.perf_counter()
+        pick = seeds.rng("select", r).choice(len(fed.sites), facts.sites_per_round, replace=False)
+        participants = tuple(fed.sites[i].name for i in sorted(pick))
+        updates, disclosures = {}, {}
+        for name in participants:
+            res = trainers[name].train(global_params, seeds.torch("train", name, r))
+            update = res.params - global_params
+            for d in defenses:
+                ctx = ClientContext(site=name, round=r, num_samples=res.num_samples, generator=seeds.torch("defense", d.name, name, r))
+                update = d.transform_update(update, ctx)
+            updates[name] = update
+            disclosures[name] = Disclosure(
+                num_samples=res.num_samples,
+                local_epochs=train_cfg.local_epochs,
+                local_steps=res.num_steps,
+                batch_size=train_cfg.batch_size,
+                lr=train_cfg.lr,
+                optimizer=train_cfg.optimizer,
+            )
+        if uniform:
+            weights = {n: 1.0 / len(participants) for n in participants}
+        else:
+            total = sum(sizes[n] for n in participants)
+            weights = {n: sizes[n] / total for n in participants}
+        sctx = ServerContext(round=r, participants=participants, generator=seeds.torch("server", r))
+        t_agg = time.perf_counter()
+        aggregate = aggregator.aggregate(updates, weights, sctx) if aggregator else weighted_sum(updates, weights)
+        agg_seconds = time.perf_counter() - t_agg
+        for d in reversed(defenses):  # server hooks in reverse order
+            aggregate = d.transform_aggregate(aggregate, sctx)
+        new_params = global_params + train_cfg.server_lr * aggregate
+        utility = utility_metrics(eval_model, new_params, fed) if evaluate else {}
+        bytes_pc = float(np.mean([_payload_bytes(u) for u in updates.values()]))
+        if aggregator is not None:
+            bytes_pc = float(aggregator.metrics().get("cost/bytes_per_client", bytes_pc))
+        record = RoundRecord(
+            round=r,
+            global_params=global_params,
+            participants=participants,
+            weights=weights,
+            updates=updates,
+            updates_hidden=any(d.hides_updates for d in defenses),
+            aggregate=aggregate,
+            disclosures=disclosures,
+            utility=utility,
+            seconds=time.perf_counter() - t_round,
+            aggregation_seconds=agg_seconds,
+            bytes_per_client=bytes_pc,
+        )
+        rounds.append(record)
+        if on_round is not None:
+            on_round(record)
+        global_params = new_params
+    events = tuple(e for d in defenses for e in d.dp_events())
+    tags: dict[str, str] = {}
+    for d in defenses:
+        tags.update(d.tags())
+    return TrainingRecord(
+        rounds=tuple(rounds), final_params=global_params, dp_events=events, seconds=time.perf_counter() - t_start, tags=tags
+    )

@@ -1,0 +1,146 @@
+"""Run one cell: the only place that wires data, models, defenses, training, views,
+attacks, accounting, scoring and logging together."""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Optional
+
+import numpy as np
+import torch
+import yaml
+
+from bench.accounting import PrivacyReport, account
+from bench.components import component_class
+from bench.config import ExperimentConfig
+from bench.data import build_federation
+from bench.federated import run_federated
+from bench.metrics import align, score
+from bench.models import MODELS, build_model
+from bench.seeding import Seeds
+from bench.tracking import CellLog, MemoryCellLog
+from bench.types import Federation, MembershipScores, Records, RoundRecord, Site, TrainingRecord
+from bench.views import derive_views
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CellResult:
+    """The final numbers of one cell (also what the CLI's summary table shows)."""
+
+    name: str
+    run_key: str
+    metrics: Mapping[str, float]
+    tags: Mapping[str, str] = field(default_factory=dict)
+    record: Optional[TrainingRecord] = None
+
+
+def make_defenses(cfg: ExperimentConfig) -> list:
+    return [component_class("defense", s.name)(s.params) for s in cfg.defenses]
+
+
+def make_simulator(cfg: ExperimentConfig, fed: Federation, model_fn: Callable[[], torch.nn.Module]):
+    """The public FL protocol as a function an attacker can call to train reference models.
+
+    ``simulate(site_records, seed)`` trains a federation on ``site_records`` (hospital name ->
+    Records) with the same model, FL settings and defenses (fresh instances) and returns the
+    final flat parameters. No evaluation, no logging.
+    """
+
+    def simulate(site_records: Mapping[str, Records], seed: int) -> torch.Tensor:
+        seeds = Seeds(seed)
+        empty = Records(ids=np.zeros(0, np.int64), x=fed.test.x[:0], y=fed.test.y[:0])
+        sites = tuple(Site(name=n, train=r, test=empty) for n, r in site_records.items())
+        ref = Federation(info=fed.info, sites=sites, test=empty, candidates=empty, population=empty)
+        initial = build_model(fed.info, cfg.model, seeds.torch("init"))
+        rec = run_federated(ref, initial, make_defenses(cfg), cfg.train, cfg.privacy, seeds, evaluate=False)
+        return rec.final_params
+
+    return simulate
+
+
+def privacy_metrics(report: PrivacyReport) -> dict[str, float]:
+    """``privacy/...`` metrics: per hospital for record-level DP, per federation for client-level."""
+    if not report.is_dp:
+        return {}
+    out = {}
+    for (unit, party), (eps, delta) in report.per_party.items():
+        if unit == "record":
+            out[f"privacy/site/{party}/epsilon"] = eps
+        else:
+            out["privacy/client/epsilon"] = eps
+            out["privacy/client/delta"] = delta
+    head = "record" if "record" in report.units() else "client"
+    out["privacy/epsilon"] = report.epsilon(head)
+    out["privacy/delta"] = report.delta(head)
+    return out
+
+
+def _npz(**arrays) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def run_cell(cfg: ExperimentConfig, out: CellLog, on_round: Optional[Callable[[RoundRecord], None]] = None) -> CellResult:
+    """Run one experiment cell and log everything to ``out``.
+
+    The pipeline (DESIGN.md): federation + truth -> defenses/attacks -> FedAvg record ->
+    ε -> attacker views -> attack outputs -> scores (the only place truth meets attacks).
+    """
+    t0 = time.perf_counter()
+    seeds = Seeds(cfg.seed)
+    out.params(cfg.flat_params())
+    out.text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), "config.yaml")
+
+    fed, truth = build_federation(cfg.data, seeds)
+    model_fn = lambda: MODELS.get(cfg.model.name).build(fed.info, cfg.model)  # noqa: E731
+    initial = build_model(fed.info, cfg.model, seeds.torch("init"))
+    defenses = make_defenses(cfg)
+    attacks = [component_class("attack", s.name)(s.params) for s in cfg.attacks]
+    out.params({f"data.site_size.{s.name}": len(s.train) for s in fed.sites})
+
+    def stream(r: RoundRecord) -> None:
+        out.metrics({**r.utility, "cost/round_seconds": r.seconds}, step=r.round)
+        if on_round is not None:
+            on_round(r)
+
+    record = run_federated(fed, initial, defenses, cfg.train, cfg.privacy, seeds, on_round=stream)
+    metrics: dict[str, float] = dict(record.rounds[-1].utility)
+    report = account(record.dp_events, cfg.privacy.accountant, cfg.privacy.delta)
+    metrics.update(privacy_metrics(report))
+    tags = dict(record.tags)
+    tags["dp"] = str(report.is_dp).lower()
+    if report.is_dp:
+        tags["privacy_unit"] = "+".join(report.units())
+    for d in defenses:
+        metrics.update(d.metrics())
+    metrics["cost/train_seconds"] = record.seconds
+    metrics["cost/bytes_per_client"] = float(np.mean([r.bytes_per_client for r in record.rounds]))
+    metrics["cost/aggregation_seconds"] = float(np.mean([r.aggregation_seconds for r in record.rounds]))
+
+    views = derive_views(record, fed, model_fn, [a.threat_model for a in attacks], make_simulator(cfg, fed, model_fn))
+    for spec, attack in zip(cfg.attacks, attacks):
+        t_a = time.perf_counter()
+        output = attack.run(views[attack.threat_model], seeds.rng("attack", spec.name))
+        scored = score(output, truth)  # ground truth meets the attack output only here
+        metrics.update({f"attack/{spec.name}/{k}": v for k, v in scored.items()})
+        metrics[f"cost/attack/{spec.name}/seconds"] = time.perf_counter() - t_a
+        if isinstance(output, MembershipScores):
+            idx = align(output.ids, truth)
+            out.bytes(_npz(ids=output.ids, scores=output.scores, is_member=truth.candidate_is_member[idx]), f"attacks/{spec.name}/scores.npz")
+    metrics["cost/seconds"] = time.perf_counter() - t0
+    finite = {k: v for k, v in metrics.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
+    out.metrics(finite, step=cfg.train.rounds)
+    out.tags(tags)
+    return CellResult(name=cfg.label(), run_key=cfg.run_key, metrics=finite, tags=tags, record=record)
+
+
+def run_in_memory(cfg: ExperimentConfig) -> CellResult:
+    """Run one cell without MLflow (tests, notebooks)."""
+    return run_cell(cfg, MemoryCellLog(cfg.label(), {}))

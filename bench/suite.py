@@ -1,0 +1,152 @@
+"""A suite = a base experiment + a grid of overrides + variants + seeds -> cells.
+
+YAML shape::
+
+    suite: quick                  # MLflow experiment name
+    description: one line
+    base: {data: {...}, model: {...}, train: {...}, defenses: [...], attacks: [...]}
+    grid:                         # cartesian product over dotted paths
+      defenses: [[], [{name: clipping, max_norm: 1.0}]]
+    variants:                     # optional bundles of overrides, combined with the grid
+      - {data.name: breast_cancer, model.name: logreg}
+      - {data.name: digits, model.name: cnn}
+    seeds: [0, 1]
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+from bench.config import ExperimentConfig, load_yaml, parse_experiment, parse_override, set_path
+from bench.types import ConfigError
+
+SUITE_KEYS = ("suite", "description", "base", "grid", "variants", "seeds")
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One resolved experiment of a suite."""
+
+    index: int
+    config: ExperimentConfig
+
+    @property
+    def run_key(self) -> str:
+        return self.config.run_key
+
+    @property
+    def name(self) -> str:
+        return self.config.label()
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    cells: tuple[Cell, ...]
+    source: dict  # the YAML as loaded, with --set overrides applied (logged as an artifact)
+
+
+def _check_top(raw: Any, path: str) -> dict:
+    import difflib
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with keys {', '.join(SUITE_KEYS)}")
+    for key in raw:
+        if key not in SUITE_KEYS:
+            close = difflib.get_close_matches(str(key), SUITE_KEYS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{key}: unknown top-level key{hint}; allowed: {', '.join(SUITE_KEYS)}")
+    name = raw.get("suite")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(f"suite: got {name!r}; expected a name of letters, digits, '_', '-', '.' (e.g. suite: quick)")
+    return raw
+
+
+def _seeds(raw: Any) -> tuple[int, ...]:
+    seeds = raw if raw is not None else [0]
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = [seeds]
+    if not isinstance(seeds, list) or not seeds:
+        raise ConfigError(f"seeds: got {raw!r}; expected a non-empty list of integers, e.g. seeds: [0, 1, 2]")
+    for i, s in enumerate(seeds):
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise ConfigError(f"seeds[{i}]: got {s!r}; expected a non-negative integer")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError("seeds: a seed is listed twice; list each seed once")
+    return tuple(seeds)
+
+
+def _grid(raw: Any) -> list[list[tuple[str, Any]]]:
+    if raw is None:
+        return [[]]
+    if not isinstance(raw, dict):
+        raise ConfigError(f"grid: got {raw!r}; expected a mapping of dotted keys to lists of values")
+    axes = []
+    for key, values in raw.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"grid.{key}: got {values!r}; expected a non-empty list of values")
+        axes.append([(str(key), v) for v in values])
+    return [list(combo) for combo in itertools.product(*axes)] if axes else [[]]
+
+
+def _variants(raw: Any) -> list[list[tuple[str, Any]]]:
+    if raw is None:
+        return [[]]
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("variants: expected a non-empty list of mappings of dotted keys to values")
+    out = []
+    for i, v in enumerate(raw):
+        if not isinstance(v, dict):
+            raise ConfigError(f"variants[{i}]: got {v!r}; expected a mapping of dotted keys to values")
+        out.append([(str(k), val) for k, val in v.items()])
+    return out
+
+
+def build_suite(raw: Any, overrides: Sequence[str] = (), source: str = "suite") -> Suite:
+    """Expand and validate every cell. Raises :class:`ConfigError` on the first problem."""
+    raw = _check_top(raw, source)
+    base = raw.get("base") or {}
+    if not isinstance(base, dict):
+        raise ConfigError(f"base: got {base!r}; expected a mapping (data, model, train, defenses, attacks)")
+    sets = [parse_override(o) for o in overrides]
+    seeds = _seeds(raw.get("seeds"))
+    cells: list[Cell] = []
+    seen: dict[str, int] = {}
+    for variant in _variants(raw.get("variants")):
+        for combo in _grid(raw.get("grid")):
+            for seed in seeds:
+                cell_raw = dict(base)
+                for key, value in [*variant, *combo, *sets, ("seed", seed)]:
+                    cell_raw = set_path(cell_raw, key, value)
+                try:
+                    cfg = parse_experiment(cell_raw)
+                except ConfigError as exc:
+                    where = ", ".join(f"{k}={v!r}" for k, v in [*variant, *combo]) or "base"
+                    raise ConfigError(f"{exc} [in cell {where}]" if (variant or combo) else str(exc)) from None
+                if cfg.run_key in seen:
+                    continue  # identical cells (e.g. a grid value equal to the base) run once
+                seen[cfg.run_key] = len(cells)
+                cells.append(Cell(index=len(cells), config=cfg))
+    source_dict = dict(raw)
+    if sets:
+        source_dict["overrides"] = [f"{k}={v}" for k, v in sets]
+    return Suite(name=raw["suite"], description=str(raw.get("description", "")), cells=tuple(cells), source=source_dict)
+
+
+def load_suite(path: str, overrides: Sequence[str] = ()) -> Suite:
+    """Load, expand and validate a suite YAML file."""
+    return build_suite(load_yaml(path), overrides, source=path)
+
+
+def filter_cells(suite: Suite, pattern: Optional[str]) -> Suite:
+    if not pattern:
+        return suite
+    cells = tuple(c for c in suite.cells if pattern in c.name)
+    if not cells:
+        raise ConfigError(f"--only {pattern!r}: matches no cell; see `privbench validate` for cell names")
+    return Suite(suite.name, suite.description, cells, suite.source)

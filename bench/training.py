@@ -1,0 +1,72 @@
+"""Local training inside one hospital (the piece a defense may wrap, e.g. with Opacus)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bench.models import flatten, load_flat
+from bench.types import LocalResult, Records
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    """The hyperparameters of local training (from ``train.*``)."""
+
+    epochs: int
+    batch_size: int
+    optimizer: str
+    lr: float
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+
+def make_optimizer(params, s: LocalSettings) -> torch.optim.Optimizer:
+    if s.optimizer == "adam":
+        return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
+    return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+
+
+class PlainTrainer:
+    """Mini-batch training on one hospital's member records, shuffled each epoch.
+
+    One instance per hospital lives for the whole run; its model is loaded with the global
+    parameters at the start of every round.
+
+    Args:
+        model: the hospital's own copy of the model architecture.
+        data: the hospital's member records.
+        settings: local training hyperparameters.
+    """
+
+    def __init__(self, model: nn.Module, data: Records, settings: LocalSettings) -> None:
+        self.model = model
+        self.data = data
+        self.settings = settings
+        self.loss_fn = nn.CrossEntropyLoss()
+
+    def steps_per_round(self) -> int:
+        n, b = len(self.data), self.settings.batch_size
+        return self.settings.epochs * ((n + b - 1) // b)
+
+    def train(self, global_params: torch.Tensor, generator: torch.Generator) -> LocalResult:
+        """Start from ``global_params``; return the locally trained parameters."""
+        load_flat(self.model, global_params)
+        self.model.train()
+        opt = make_optimizer(self.model.parameters(), self.settings)
+        x, y = self.data.x, self.data.y
+        n, b = len(self.data), self.settings.batch_size
+        steps, total = 0, 0.0
+        for _ in range(self.settings.epochs):
+            order = torch.randperm(n, generator=generator)
+            for start in range(0, n, b):
+                idx = order[start : start + b]
+                opt.zero_grad(set_to_none=True)
+                loss = self.loss_fn(self.model(x[idx]), y[idx])
+                loss.backward()
+                opt.step()
+                steps += 1
+                total += float(loss)
+        return LocalResult(params=flatten(self.model), num_steps=steps, num_samples=n, mean_loss=total / max(steps, 1))

@@ -1,0 +1,322 @@
+"""The shared vocabulary: data, what the mechanisms did, what adversaries observed, what was true.
+
+Three vocabularies are kept apart (see DESIGN.md):
+
+* what the mechanisms did: :class:`DPEvent` and the :class:`TrainingRecord`;
+* what an adversary observed: :class:`ServerView`, :class:`OutsiderView`;
+* what was true: :class:`GroundTruth`. Attacks never receive it; only scoring does.
+
+Parameters and updates travel as flat 1-D ``float32`` tensors in the order of
+``model.parameters()`` (see :func:`bench.models.flatten` / :func:`bench.models.load_flat`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Mapping, Optional
+
+import numpy as np
+import torch
+
+ThreatModel = Literal["outsider", "server"]
+THREAT_MODELS: tuple[str, ...] = ("outsider", "server")
+
+
+class ConfigError(ValueError):
+    """Bad user input (config, data, CLI). The message is one line: what, where, and the fix."""
+
+
+class ProtocolAbort(RuntimeError):
+    """A federated protocol could not complete (e.g. too many secure-aggregation dropouts)."""
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One original (pre-encoding) feature of a tabular dataset.
+
+    Attributes:
+        name: column name, e.g. ``"chol"``.
+        kind: ``"continuous"`` or ``"categorical"`` (binary features are categorical).
+        columns: ``(start, stop)`` slice of the model-input columns that encode it
+            (one column for continuous, one-hot columns for categorical).
+        categories: category labels for categorical features, in one-hot column order.
+        mean, std: standardisation applied to a continuous feature (value = x * std + mean).
+    """
+
+    name: str
+    kind: Literal["continuous", "categorical"]
+    columns: tuple[int, int]
+    categories: tuple[str, ...] = ()
+    mean: float = 0.0
+    std: float = 1.0
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Public metadata of a dataset: what the model consumes and how to decode records."""
+
+    name: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    features: tuple[Feature, ...] = ()  # tabular only; empty for images
+    modality: Literal["tabular", "image"] = "tabular"
+    class_names: tuple[str, ...] = ()
+
+    @property
+    def num_inputs(self) -> int:
+        return int(np.prod(self.input_shape))
+
+
+@dataclass(frozen=True)
+class Records:
+    """A block of records with stable integer ids (ids are unique within a federation)."""
+
+    ids: np.ndarray  # int64, shape (n,)
+    x: torch.Tensor  # float32, shape (n, *input_shape)
+    y: torch.Tensor  # int64, shape (n,)
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    def take(self, index: np.ndarray) -> "Records":
+        idx = torch.as_tensor(np.asarray(index, dtype=np.int64))
+        return Records(ids=self.ids[np.asarray(index, dtype=np.int64)], x=self.x[idx], y=self.y[idx])
+
+    @staticmethod
+    def concat(parts: "list[Records]") -> "Records":
+        if not parts:
+            raise ValueError("no records to concatenate")
+        return Records(
+            ids=np.concatenate([p.ids for p in parts]),
+            x=torch.cat([p.x for p in parts]),
+            y=torch.cat([p.y for p in parts]),
+        )
+
+
+@dataclass(frozen=True)
+class Site:
+    """One hospital: its training records (members) and its own test records."""
+
+    name: str
+    train: Records
+    test: Records
+
+
+@dataclass(frozen=True)
+class Federation:
+    """Everything the simulation needs; never handed to an attack as a whole.
+
+    Attributes:
+        sites: the hospitals, each with member (training) and local test records.
+        test: the global test set (union of the sites' test records).
+        candidates: members and held-out non-members of every site, shuffled: the records an
+            attacker asks about. Their membership lives only in :class:`GroundTruth`.
+        population: data from the same distribution that an attacker may use to train
+            reference models (the candidates themselves, without labels of membership).
+    """
+
+    info: DatasetInfo
+    sites: tuple[Site, ...]
+    test: Records
+    candidates: Records
+    population: Records
+
+    @property
+    def site_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.sites)
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """What was true. Only scoring (``bench.metrics``) sees this.
+
+    Attributes:
+        candidate_is_member: aligned with ``Federation.candidates``.
+        candidate_site: index of the hospital that holds each candidate (members and
+            non-members alike: a non-member is held out *from* that hospital).
+        site_train: the member records of each hospital, by name (for inversion scoring).
+    """
+
+    candidate_ids: np.ndarray
+    candidate_is_member: np.ndarray
+    candidate_site: np.ndarray
+    site_names: tuple[str, ...]
+    site_train: Mapping[str, Records]
+
+
+# --------------------------------------------------------------------------- mechanisms
+
+
+@dataclass(frozen=True)
+class DPEvent:
+    """One composition block of a DP mechanism (dp-accounting style, immutable).
+
+    ``kind="poisson_gaussian"``: ``steps`` applications of the Gaussian mechanism with noise
+    multiplier ``noise_multiplier`` on a Poisson subsample of rate ``sample_rate``.
+
+    Attributes:
+        unit: ``"record"`` (DP-SGD inside a hospital) or ``"client"`` (client-level DP).
+        party: whose privacy it is (a hospital name for record-level DP, ``"federation"``
+            for client-level DP).
+        population: n for the default δ = 1/(10·n) (records of the hospital, or hospitals).
+    """
+
+    kind: Literal["poisson_gaussian"]
+    unit: Literal["record", "client"]
+    party: str
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    population: int
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    """What one hospital's local training produced in one round."""
+
+    params: torch.Tensor
+    num_steps: int
+    num_samples: int
+    mean_loss: float
+
+
+@dataclass(frozen=True)
+class Disclosure:
+    """What the FL protocol tells the server about a hospital's local training."""
+
+    num_samples: int
+    local_epochs: int
+    local_steps: int
+    batch_size: int
+    lr: float
+    optimizer: str
+    labels_known: bool = False
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One FedAvg round as it happened.
+
+    ``updates`` are the vectors each hospital sent (after client-side defenses). When a
+    defense hides individual updates (secure aggregation), ``updates_hidden`` is True and
+    only ``aggregate`` may reach the server's view.
+    """
+
+    round: int
+    global_params: torch.Tensor
+    participants: tuple[str, ...]
+    weights: Mapping[str, float]
+    updates: Mapping[str, torch.Tensor]
+    updates_hidden: bool
+    aggregate: torch.Tensor
+    disclosures: Mapping[str, Disclosure]
+    utility: Mapping[str, float]
+    seconds: float
+    aggregation_seconds: float
+    bytes_per_client: float
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    """The whole federated run: the global model of each round and what each party sent."""
+
+    rounds: tuple[RoundRecord, ...]
+    final_params: torch.Tensor
+    dp_events: tuple[DPEvent, ...]
+    seconds: float
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- views
+
+
+ModelFactory = Callable[[], torch.nn.Module]
+
+
+@dataclass(frozen=True)
+class ServerRound:
+    """What the honest-but-curious server saw in one round.
+
+    ``updates`` is ``None`` when secure aggregation hid the individual updates.
+    """
+
+    round: int
+    global_params: torch.Tensor
+    participants: tuple[str, ...]
+    updates: Optional[Mapping[str, torch.Tensor]]
+    aggregate: torch.Tensor
+    disclosures: Mapping[str, Disclosure]
+
+
+@dataclass(frozen=True)
+class ServerView:
+    """Threat model ``server``: the models it sent and the updates it received.
+
+    ``known_records`` are records the server asks about (membership or source inference);
+    the server does not learn which of them are members.
+    """
+
+    info: DatasetInfo
+    model_fn: ModelFactory
+    rounds: tuple[ServerRound, ...]
+    site_names: tuple[str, ...]
+    known_records: Records
+    updates_hidden: bool
+
+
+@dataclass(frozen=True)
+class OutsiderView:
+    """Threat model ``outsider``: query access to the released model plus population data.
+
+    ``simulate`` trains a federation with the same pipeline (model, defenses, FL settings,
+    per-hospital sizes) on data the attacker chooses: the public protocol, which reference
+    models (LiRA, RMIA) need. It returns final flat parameters.
+    """
+
+    info: DatasetInfo
+    model_fn: ModelFactory
+    final_params: torch.Tensor
+    candidates: Records
+    population: Records
+    site_sizes: Mapping[str, int]
+    simulate: Optional[Callable[..., torch.Tensor]] = None
+
+
+# --------------------------------------------------------------------------- attack outputs
+
+
+@dataclass(frozen=True)
+class MembershipScores:
+    """Higher score = more likely a member. ``ids`` index ``GroundTruth.candidate_ids``."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SourceGuesses:
+    """For each record id, the index of the hospital the attacker believes holds it."""
+
+    ids: np.ndarray
+    site_index: np.ndarray
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """Records rebuilt from what the server saw, for one (round, hospital) target.
+
+    ``x`` has shape ``(k, *input_shape)``; ``labels`` may be ``None`` if not recovered.
+    ``target`` names the attacked hospital (or ``"aggregate"`` under secure aggregation).
+    """
+
+    round: int
+    target: str
+    x: torch.Tensor
+    labels: Optional[torch.Tensor]
+    objective: float
+    oracle_best: Optional[torch.Tensor] = None  # labelled upper bound, never the headline

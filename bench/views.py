@@ -1,0 +1,63 @@
+"""``derive_views``: the single place where a threat model becomes what an attacker sees."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from bench.types import Federation, OutsiderView, ServerRound, ServerView, TrainingRecord
+
+
+def server_view(record: TrainingRecord, fed: Federation, model_fn: Callable[[], torch.nn.Module]) -> ServerView:
+    """The honest-but-curious server: each round's global model and the updates it received.
+
+    Under secure aggregation (``updates_hidden``) it receives only the aggregate.
+    """
+    hidden = any(r.updates_hidden for r in record.rounds)
+    rounds = tuple(
+        ServerRound(
+            round=r.round,
+            global_params=r.global_params,
+            participants=r.participants,
+            updates=None if r.updates_hidden else dict(r.updates),
+            aggregate=r.aggregate,
+            disclosures=dict(r.disclosures),
+        )
+        for r in record.rounds
+    )
+    return ServerView(
+        info=fed.info,
+        model_fn=model_fn,
+        rounds=rounds,
+        site_names=fed.site_names,
+        known_records=fed.candidates,
+        updates_hidden=hidden,
+    )
+
+
+def outsider_view(
+    record: TrainingRecord,
+    fed: Federation,
+    model_fn: Callable[[], torch.nn.Module],
+    simulate: Optional[Callable[..., torch.Tensor]] = None,
+) -> OutsiderView:
+    """Query access to the released (final) model, plus population data."""
+    return OutsiderView(
+        info=fed.info,
+        model_fn=model_fn,
+        final_params=record.final_params,
+        candidates=fed.candidates,
+        population=fed.population,
+        site_sizes={s.name: len(s.train) for s in fed.sites},
+        simulate=simulate,
+    )
+
+
+def derive_views(record, fed, model_fn, threat_models, simulate=None) -> dict:
+    """One view per requested threat model."""
+    makers = {
+        "server": lambda: server_view(record, fed, model_fn),
+        "outsider": lambda: outsider_view(record, fed, model_fn, simulate),
+    }
+    return {tm: makers[tm]() for tm in sorted(set(threat_models))}

@@ -1,0 +1,6 @@
+"""Defenses: one module each, registered in :data:`DEFENSES`."""
+
+from defenses.base import DEFENSES, Defense  # noqa: F401
+from defenses import clipping  # noqa: F401,E402  (registration)
+
+__all__ = ["DEFENSES", "Defense"]
