@@ -22,8 +22,16 @@ def flatten(model: nn.Module) -> torch.Tensor:
 
 def load_flat(model: nn.Module, flat: torch.Tensor) -> nn.Module:
     """Copy ``flat`` into the model's parameters in place and return the model."""
+    # copy_ (not vector_to_parameters, which aliases ``flat``): training must never write
+    # into the caller's vector
+    offset = 0
     with torch.no_grad():
-        torch.nn.utils.vector_to_parameters(flat, list(model.parameters()))
+        for p in model.parameters():
+            n = p.numel()
+            p.copy_(flat[offset : offset + n].view_as(p))
+            offset += n
+    if offset != flat.numel():
+        raise ValueError(f"parameter vector has {flat.numel()} values; the model has {offset}")
     return model
 
 

@@ -68,5 +68,5 @@ class PlainTrainer:
                 loss.backward()
                 opt.step()
                 steps += 1
-                total += float(loss)
+                total += float(loss.detach())
         return LocalResult(params=flatten(self.model), num_steps=steps, num_samples=n, mean_loss=total / max(steps, 1))

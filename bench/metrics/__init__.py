@@ -1,4 +1,8 @@
-"""Utility, membership and cost metrics. Only here does ground truth meet attack outputs."""
+"""Scoring: utility, membership (``bench.metrics.membership``) and reconstruction
+(``bench.metrics.reconstruction``). Only here does ground truth meet attack outputs.
+
+:func:`score` dispatches on the type of an attack's output.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,12 @@ from typing import Mapping
 
 import numpy as np
 import torch
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
+from bench.metrics.membership import FPR_LEVELS, membership_metrics, roc_points, tpr_at_fpr  # noqa: F401
 from bench.models import load_flat
 from bench.types import Federation, GroundTruth, MembershipScores, Records, SourceGuesses
 
-FPR_LEVELS = (0.01, 0.001)
 
 
 # --------------------------------------------------------------------------- utility
@@ -61,39 +65,6 @@ def utility_metrics(model: torch.nn.Module, params: torch.Tensor, fed: Federatio
     out["utility/worst_site_accuracy"] = min(accs)
     out["utility/site_accuracy_gap"] = max(accs) - min(accs)
     return out
-
-
-# --------------------------------------------------------------------------- membership
-
-
-def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, level: float) -> float:
-    """Largest TPR among ROC points with FPR <= ``level`` (0 if none)."""
-    ok = fpr <= level + 1e-12
-    return float(tpr[ok].max()) if ok.any() else 0.0
-
-
-def membership_metrics(scores: np.ndarray, is_member: np.ndarray) -> dict[str, float]:
-    """AUC, TPR at low FPR, best balanced accuracy and membership advantage (max TPR − FPR)."""
-    is_member = np.asarray(is_member, bool)
-    scores = np.asarray(scores, np.float64)
-    if is_member.all() or (~is_member).all():
-        raise ValueError("membership metrics need both members and non-members")
-    scores = np.nan_to_num(scores, nan=-np.inf)
-    scores = np.where(np.isneginf(scores), np.finfo(np.float64).min, scores)
-    scores = np.where(np.isposinf(scores), np.finfo(np.float64).max, scores)
-    fpr, tpr, _ = roc_curve(is_member, scores)
-    out = {"auc": float(roc_auc_score(is_member, scores))}
-    for level in FPR_LEVELS:
-        out[f"tpr_at_fpr_{level:g}"] = tpr_at_fpr(fpr, tpr, level)
-    adv = float(np.max(tpr - fpr))
-    out["advantage"] = adv
-    out["balanced_accuracy"] = 0.5 + adv / 2
-    return out
-
-
-def roc_points(scores: np.ndarray, is_member: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    fpr, tpr, _ = roc_curve(np.asarray(is_member, bool), np.asarray(scores, np.float64))
-    return fpr, tpr
 
 
 def align(ids: np.ndarray, truth: GroundTruth) -> np.ndarray:
