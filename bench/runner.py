@@ -3,7 +3,6 @@ attacks, accounting, scoring and logging together."""
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import time
@@ -19,11 +18,12 @@ from bench.components import component_class
 from bench.config import ExperimentConfig
 from bench.data import build_federation
 from bench.federated import run_federated
-from bench.metrics import align, score
+from bench.artifacts import render
+from bench.metrics import score
 from bench.models import MODELS, build_model
 from bench.seeding import Seeds
 from bench.tracking import CellLog, MemoryCellLog
-from bench.types import Federation, MembershipScores, Records, RoundRecord, Site, TrainingRecord
+from bench.types import Federation, Records, RoundRecord, Site, TrainingRecord
 from bench.views import derive_views
 
 log = logging.getLogger(__name__)
@@ -81,12 +81,6 @@ def privacy_metrics(report: PrivacyReport) -> dict[str, float]:
     return out
 
 
-def _npz(**arrays) -> bytes:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    return buf.getvalue()
-
-
 def run_cell(cfg: ExperimentConfig, out: CellLog, on_round: Optional[Callable[[RoundRecord], None]] = None) -> CellResult:
     """Run one experiment cell and log everything to ``out``.
 
@@ -131,9 +125,8 @@ def run_cell(cfg: ExperimentConfig, out: CellLog, on_round: Optional[Callable[[R
         scored = score(output, truth)  # ground truth meets the attack output only here
         metrics.update({f"attack/{spec.name}/{k}": v for k, v in scored.items()})
         metrics[f"cost/attack/{spec.name}/seconds"] = time.perf_counter() - t_a
-        if isinstance(output, MembershipScores):
-            idx = align(output.ids, truth)
-            out.bytes(_npz(ids=output.ids, scores=output.scores, is_member=truth.candidate_is_member[idx]), f"attacks/{spec.name}/scores.npz")
+        for path, data in render(output, truth, fed.info, spec.name).items():
+            out.bytes(data, path)
     metrics["cost/seconds"] = time.perf_counter() - t0
     finite = {k: v for k, v in metrics.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
     out.metrics(finite, step=cfg.train.rounds)
