@@ -13,7 +13,7 @@ from functools import singledispatch
 import numpy as np
 
 from bench.metrics import align
-from bench.types import DatasetInfo, GroundTruth, MembershipScores
+from bench.types import CanaryScores, DatasetInfo, GroundTruth, MembershipScores, Reconstructions
 
 
 def npz_bytes(**arrays) -> bytes:
@@ -34,7 +34,129 @@ def render(output, truth: GroundTruth, info: DatasetInfo, name: str) -> dict[str
     return {}
 
 
+def roc_figure(scores: np.ndarray, is_member: np.ndarray, title: str):
+    """Log–log ROC curve (Carlini et al. 2022): what matters is the low-FPR corner."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bench.metrics.membership import membership_metrics, roc_points
+
+    fpr, tpr = roc_points(scores, is_member)
+    m = membership_metrics(scores, is_member)
+    floor = 1.0 / max(int((~np.asarray(is_member, bool)).sum()), 1)
+    fig, ax = plt.subplots(figsize=(4.2, 4.0))
+    ax.plot(np.maximum(fpr, floor / 2), np.maximum(tpr, floor / 2), lw=1.5, label=f"AUC {m['auc']:.3f}, TPR@1% {m['tpr_at_fpr_0.01']:.3f}")
+    ax.plot([floor / 2, 1], [floor / 2, 1], ls="--", c="grey", lw=1, label="chance")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(floor / 2, 1)
+    ax.set_ylim(floor / 2, 1)
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="lower right", fontsize=7)
+    return fig
+
+
 @render.register
 def _(output: MembershipScores, truth: GroundTruth, info: DatasetInfo, name: str) -> dict[str, bytes]:
+    import matplotlib.pyplot as plt
+
     idx = align(output.ids, truth)
-    return {f"attacks/{name}/scores.npz": npz_bytes(ids=output.ids, scores=output.scores, is_member=truth.candidate_is_member[idx])}
+    is_member = truth.candidate_is_member[idx]
+    fig = roc_figure(output.scores, is_member, f"{name} on {info.name}")
+    try:
+        png = png_bytes(fig)
+    finally:
+        plt.close(fig)
+    return {
+        f"attacks/{name}/scores.npz": npz_bytes(ids=output.ids, scores=output.scores, is_member=is_member),
+        f"attacks/{name}/roc_loglog.png": png,
+    }
+
+
+@render.register
+def _(output: CanaryScores, truth: GroundTruth, info: DatasetInfo, name: str) -> dict[str, bytes]:
+    pos = {int(i): k for k, i in enumerate(truth.canary_ids)}
+    idx = np.asarray([pos[int(i)] for i in output.ids], dtype=np.int64)
+    return {f"attacks/{name}/canary_scores.npz": npz_bytes(ids=output.ids, scores=output.scores, included=truth.canary_included[idx])}
+
+
+# --------------------------------------------------------------------------- inversion
+
+# Public benchmark data: reconstructions of its records may be written out. User data
+# (the ``csv`` dataset) holds real patients: its reconstructions are written only on opt-in.
+PUBLIC_BENCHMARK_DATA = frozenset({"breast_cancer", "digits", "heart_disease"})
+
+
+def image_grid_png(true, rec, title: str) -> bytes:
+    """Truth (top row) above the matched reconstruction (bottom row)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(true)
+    fig, axes = plt.subplots(2, n, figsize=(1.1 * n + 0.4, 2.5), squeeze=False)
+    for j in range(n):
+        for i, img in enumerate((true[j], rec[j])):
+            ax = axes[i][j]
+            ax.imshow(np.clip(img.transpose(1, 2, 0).squeeze(-1) if img.shape[0] == 1 else img.transpose(1, 2, 0), 0, 1), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0][0].set_ylabel("truth", fontsize=7)
+    axes[1][0].set_ylabel("reconstruction", fontsize=7)
+    fig.suptitle(title, fontsize=8)
+    try:
+        return png_bytes(fig)
+    finally:
+        plt.close(fig)
+
+
+def records_csv(true, rec, true_y, rec_y, ids, info: DatasetInfo) -> bytes:
+    """True and reconstructed records side by side, decoded to original units."""
+    import csv
+
+    def decode(row):
+        vals = []
+        for f in info.features:
+            s, e = f.columns
+            if f.kind == "categorical":
+                vals.append(f.categories[int(np.argmax(row[s:e]))])
+            else:
+                vals.append(f"{float(row[s]) * f.std + f.mean:.4g}")
+        return vals
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["record_id", "row", *[f.name for f in info.features], "label"])
+    for k in range(len(true)):
+        w.writerow([int(ids[k]), "true", *decode(true[k]), int(true_y[k])])
+        w.writerow([int(ids[k]), "reconstructed", *decode(rec[k]), "" if rec_y is None else int(rec_y[k])])
+    return buf.getvalue().encode()
+
+
+@render.register
+def _(output: Reconstructions, truth: GroundTruth, info: DatasetInfo, name: str) -> dict[str, bytes]:
+    import json
+
+    from bench.metrics.reconstruction import decode_table, feature_hits, hungarian, pairwise_mse, true_records
+
+    files = {f"attacks/{name}/disclosure.json": json.dumps(dict(output.disclosure), indent=1, sort_keys=True).encode()}
+    may_write = info.name in PUBLIC_BENCHMARK_DATA or output.write_records
+    for item in output.items:
+        true = true_records(item, truth)
+        rec = item.x.detach().numpy()
+        tx = true.x.numpy()
+        stem = f"attacks/{name}/round{item.round}_{item.target}"
+        if info.modality == "image":
+            rows, cols = hungarian(pairwise_mse(np.clip(rec, 0, 1), tx))
+            files[f"{stem}.png"] = image_grid_png(tx[cols], np.clip(rec[rows], 0, 1), f"{name} · round {item.round} · {item.target}")
+        elif may_write:
+            hits = feature_hits(decode_table(rec, info), decode_table(tx, info), info)
+            rows, cols = hungarian((~hits).sum(axis=2))
+            labels = None if item.labels is None else item.labels.numpy()[rows]
+            files[f"{stem}.csv"] = records_csv(tx[cols], rec[rows], true.y.numpy()[cols], labels, true.ids[cols], info)
+    return files

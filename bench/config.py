@@ -29,6 +29,9 @@ class DataConfig:
     member_fraction: float = field(default=0.5, metadata={"gt": 0, "lt": 1})
     test_fraction: float = field(default=0.2, metadata={"gt": 0, "lt": 1})
     max_records_per_site: Optional[int] = field(default=None, metadata={"ge": 4})
+    # cap on each hospital's members (training records) after the split; the rest become
+    # non-members. Gradient inversion attacks a hospital holding exactly B records.
+    members_per_site: Optional[int] = field(default=None, metadata={"ge": 1})
     data_dir: Optional[str] = None
     download: bool = True
     path: Optional[str] = None
@@ -128,12 +131,23 @@ class ExperimentConfig:
         walk("", d)
         return flat
 
-    def label(self) -> str:
-        """A run name a person can read: ``heart_disease · dp_sgd(z=1.0)+secure_aggregation · seed 0``."""
+    @property
+    def setting_key(self) -> str:
+        """Hash of the resolved config without its seed: the seeds of one setting share it."""
+        d = self.to_dict()
+        d.pop("seed")
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def setting_label(self) -> str:
+        """The run name without the seed: ``heart_disease · dp_sgd(z=1.0)+secure_aggregation``."""
         from bench.components import component_class
 
         parts = [component_class("defense", s.name).label(s.params) for s in self.defenses]
-        return f"{self.data.name} · {'+'.join(parts) or 'no defense'} · seed {self.seed}"
+        return f"{self.data.name} · {'+'.join(parts) or 'no defense'}"
+
+    def label(self) -> str:
+        """A run name a person can read: ``heart_disease · dp_sgd(z=1.0)+secure_aggregation · seed 0``."""
+        return f"{self.setting_label()} · seed {self.seed}"
 
 
 # --------------------------------------------------------------------------- parsing

@@ -3,6 +3,7 @@ attacks, accounting, scoring and logging together."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -20,10 +21,12 @@ from bench.data import build_federation
 from bench.federated import run_federated
 from bench.artifacts import render
 from bench.metrics import score
+from bench.metrics.membership import ROC_AUDIT_DELTA, audit_verdict, canary_audit_metrics
+from bench.reference import make_many_simulator, reference_artifacts
 from bench.models import MODELS, build_model
 from bench.seeding import Seeds
 from bench.tracking import CellLog, MemoryCellLog
-from bench.types import Federation, Records, RoundRecord, Site, TrainingRecord
+from bench.types import CanaryScores, Federation, Records, RoundRecord, Site, TrainingRecord
 from bench.views import derive_views
 
 log = logging.getLogger(__name__)
@@ -97,6 +100,11 @@ def run_cell(cfg: ExperimentConfig, out: CellLog, on_round: Optional[Callable[[R
     initial = build_model(fed.info, cfg.model, seeds.torch("init"))
     defenses = make_defenses(cfg)
     attacks = [component_class("attack", s.name)(s.params) for s in cfg.attacks]
+    for spec, attack in zip(cfg.attacks, attacks):  # e.g. an audit inserts canaries; only truth keeps which
+        prepare = getattr(attack, "prepare", None)
+        if prepare is not None:
+            fed, truth_fields = prepare(fed, seeds.rng("prepare", spec.name))
+            truth = dataclasses.replace(truth, **truth_fields)
     out.params({f"data.site_size.{s.name}": len(s.train) for s in fed.sites})
 
     def stream(r: RoundRecord) -> None:
@@ -118,15 +126,30 @@ def run_cell(cfg: ExperimentConfig, out: CellLog, on_round: Optional[Callable[[R
     metrics["cost/bytes_per_client"] = float(np.mean([r.bytes_per_client for r in record.rounds]))
     metrics["cost/aggregation_seconds"] = float(np.mean([r.aggregation_seconds for r in record.rounds]))
 
-    views = derive_views(record, fed, model_fn, [a.threat_model for a in attacks], make_simulator(cfg, fed, model_fn))
+    simulate_many, why_not = make_many_simulator(cfg, fed.info)
+    views = derive_views(
+        record, fed, model_fn, [a.threat_model for a in attacks], make_simulator(cfg, fed, model_fn),
+        simulate_many=simulate_many, reference_seed=seeds.int_seed("reference"), fallback_reason=why_not,
+    )
+    audit_delta = metrics.get("privacy/delta", ROC_AUDIT_DELTA)
     for spec, attack in zip(cfg.attacks, attacks):
         t_a = time.perf_counter()
         output = attack.run(views[attack.threat_model], seeds.rng("attack", spec.name))
-        scored = score(output, truth)  # ground truth meets the attack output only here
+        if isinstance(output, CanaryScores):  # the one-run audit is stated at the accountant's δ
+            scored = canary_audit_metrics(output, truth, audit_delta)
+        else:
+            scored = score(output, truth)  # ground truth meets the attack output only here
         metrics.update({f"attack/{spec.name}/{k}": v for k, v in scored.items()})
         metrics[f"cost/attack/{spec.name}/seconds"] = time.perf_counter() - t_a
         for path, data in render(output, truth, fed.info, spec.name).items():
             out.bytes(data, path)
+    ref_files, ref_metrics = reference_artifacts(views)
+    for path, data in ref_files.items():
+        out.bytes(data, path)
+    metrics.update(ref_metrics)
+    audit, audit_tags = audit_verdict(metrics, [s.name for s, a in zip(cfg.attacks, attacks) if a.kind == "audit"])
+    metrics.update(audit)
+    tags.update(audit_tags)
     metrics["cost/seconds"] = time.perf_counter() - t0
     finite = {k: v for k, v in metrics.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
     out.metrics(finite, step=cfg.train.rounds)

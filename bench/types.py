@@ -123,6 +123,7 @@ class Federation:
     test: Records
     candidates: Records
     population: Records
+    canaries: Optional[Records] = None  # audit canaries (each in training with prob. ½), see attacks/audit
 
     @property
     def site_names(self) -> tuple[str, ...]:
@@ -145,6 +146,10 @@ class GroundTruth:
     candidate_site: np.ndarray
     site_names: tuple[str, ...]
     site_train: Mapping[str, Records]
+    canary_ids: Optional[np.ndarray] = None  # aligned with Federation.canaries
+    canary_included: Optional[np.ndarray] = None  # which canaries were inserted into training
+    info: Optional[DatasetInfo] = None  # feature metadata, to decode tabular reconstructions
+    population: Optional[Records] = None  # records whose marginals give the prior baseline of inversion
 
 
 # --------------------------------------------------------------------------- mechanisms
@@ -284,6 +289,30 @@ class OutsiderView:
     population: Records
     site_sizes: Mapping[str, int]
     simulate: Optional[Callable[..., torch.Tensor]] = None
+    simulate_many: Optional[Callable[..., torch.Tensor]] = None  # K federations at once -> (K, P)
+    reference_signals: Optional[Callable[[int], "ReferenceSignals"]] = None  # memoised per cell
+    canaries: Optional[Records] = None  # audit canaries the auditor crafted (inclusion unknown)
+
+
+@dataclass(frozen=True)
+class ReferenceSignals:
+    """Per-record signals of K reference federations (LiRA, RMIA): the models are not kept.
+
+    Attributes:
+        ids: the records scored (``OutsiderView.population`` = the candidates), shape (N,).
+        target: logit-scaled confidence φ = log(p_y / (1 − p_y)) of the released model, (N,).
+        reference: φ of each reference model on each record, shape (K, N).
+        included: whether reference k trained on record n, shape (K, N) bool.
+        seconds: wall time spent training the references.
+        method: ``"vectorized"`` or ``"sequential"`` (and why, for the logs).
+    """
+
+    ids: np.ndarray
+    target: np.ndarray
+    reference: np.ndarray
+    included: np.ndarray
+    seconds: float
+    method: str
 
 
 # --------------------------------------------------------------------------- attack outputs
@@ -296,6 +325,21 @@ class MembershipScores:
     ids: np.ndarray
     scores: np.ndarray
     extras: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CanaryScores:
+    """An auditor's scores of its canaries (higher = more likely inserted) and its guessing rule.
+
+    ``ids`` index ``GroundTruth.canary_ids``; the auditor guesses "in" for the ``k_pos`` highest
+    scores, "out" for the ``k_neg`` lowest and abstains on the rest (Steinke et al. 2023).
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+    k_pos: int
+    k_neg: int
+    p_value: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -320,3 +364,24 @@ class Reconstruction:
     labels: Optional[torch.Tensor]
     objective: float
     oracle_best: Optional[torch.Tensor] = None  # labelled upper bound, never the headline
+    sites: tuple[str, ...] = ()  # whose records it rebuilds (all participants under secure aggregation)
+    restarts: Optional[torch.Tensor] = None  # every restart, (R, k, *input_shape): scoring's oracle upper bound
+
+
+@dataclass(frozen=True)
+class Reconstructions:
+    """All (round, hospital) targets of one inversion attack, and what it assumed.
+
+    Attributes:
+        items: one :class:`Reconstruction` per attacked (round, target).
+        disclosure: the protocol disclosure the attack used (logged, with its provenance).
+        iterations: optimisation steps per restart (0 for analytic attacks).
+        seconds: wall time of the optimisation.
+        write_records: the user opted in to writing reconstructed records to a CSV artifact.
+    """
+
+    items: tuple[Reconstruction, ...]
+    disclosure: Mapping[str, Any] = field(default_factory=dict)
+    iterations: int = 0
+    seconds: float = 0.0
+    write_records: bool = False

@@ -41,23 +41,42 @@ def outsider_view(
     fed: Federation,
     model_fn: Callable[[], torch.nn.Module],
     simulate: Optional[Callable[..., torch.Tensor]] = None,
+    simulate_many: Optional[Callable[..., torch.Tensor]] = None,
+    reference_seed: int = 0,
+    fallback_reason: str = "",
 ) -> OutsiderView:
-    """Query access to the released (final) model, plus population data."""
+    """Query access to the released (final) model, plus population data.
+
+    ``reference_signals(K)`` trains K reference federations (vectorised with
+    ``simulate_many`` when possible, else sequentially with ``simulate``) once per cell
+    and K, and hands every attack the same per-record signals.
+    """
+    from bench.reference import ReferenceCache
+
+    site_sizes = {s.name: len(s.train) for s in fed.sites}
+    refs = None
+    if simulate is not None or simulate_many is not None:
+        refs = ReferenceCache(
+            model_fn, record.final_params, fed.population, site_sizes, reference_seed, simulate_many, simulate, fallback_reason
+        )
     return OutsiderView(
         info=fed.info,
         model_fn=model_fn,
         final_params=record.final_params,
         candidates=fed.candidates,
         population=fed.population,
-        site_sizes={s.name: len(s.train) for s in fed.sites},
+        site_sizes=site_sizes,
         simulate=simulate,
+        simulate_many=simulate_many,
+        reference_signals=refs,
+        canaries=fed.canaries,
     )
 
 
-def derive_views(record, fed, model_fn, threat_models, simulate=None) -> dict:
-    """One view per requested threat model."""
+def derive_views(record, fed, model_fn, threat_models, simulate=None, **outsider) -> dict:
+    """One view per requested threat model (``outsider`` kwargs go to :func:`outsider_view`)."""
     makers = {
         "server": lambda: server_view(record, fed, model_fn),
-        "outsider": lambda: outsider_view(record, fed, model_fn, simulate),
+        "outsider": lambda: outsider_view(record, fed, model_fn, simulate, **outsider),
     }
     return {tm: makers[tm]() for tm in sorted(set(threat_models))}

@@ -63,17 +63,22 @@ def build_federation(cfg, seeds: Seeds) -> tuple[Federation, GroundTruth]:
     raw = DATASETS.get(cfg.name).load(cfg)
     rng = seeds.rng("data")
     parts, names = _site_indices(raw, cfg, rng)
-    splits = []
+    splits, fit_parts = [], []
     for part in parts:
         if cfg.max_records_per_site is not None and len(part) > cfg.max_records_per_site:
             part = np.sort(rng.choice(part, cfg.max_records_per_site, replace=False))
         mem, non, test = split_site(part, raw.y, cfg.test_fraction, cfg.member_fraction, rng)
-        if len(mem) < 2 or len(non) < 1 or len(test) < 1:
+        fit_parts.append(mem)  # preprocessing is fitted before the cap (a handful of records cannot fix the encoding)
+        if getattr(cfg, "members_per_site", None) is not None and len(mem) > cfg.members_per_site:
+            keep = np.sort(rng.choice(mem, cfg.members_per_site, replace=False))
+            non = np.sort(np.concatenate([non, np.setdiff1d(mem, keep)]))  # never trained on: non-members
+            mem = keep
+        if len(mem) < min(2, getattr(cfg, "members_per_site", None) or 2) or len(non) < 1 or len(test) < 1:
             raise ConfigError(
                 f"data: a hospital has too few records ({len(part)}) for members/non-members/test; use fewer hospitals or larger fractions"
             )
         splits.append((mem, non, test))
-    transform, info = encode(raw, np.concatenate([s[0] for s in splits]))
+    transform, info = encode(raw, np.concatenate(fit_parts))
     x_all = torch.from_numpy(transform(raw.x))
     y_all = torch.from_numpy(raw.y.astype(np.int64))
     ids_all = np.arange(len(raw.y), dtype=np.int64)
@@ -92,6 +97,8 @@ def build_federation(cfg, seeds: Seeds) -> tuple[Federation, GroundTruth]:
         candidate_site=cand_site[order],
         site_names=names,
         site_train={s.name: s.train for s in sites},
+        info=info,
+        population=candidates,
     )
     fed = Federation(info=info, sites=sites, test=test, candidates=candidates, population=candidates)
     return fed, truth

@@ -1,0 +1,1 @@
+"""Empirical privacy audits (lower bounds on ε beside the accountant's upper bound)."""

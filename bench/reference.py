@@ -1,0 +1,487 @@
+"""Reference federations for LiRA / RMIA, trained K at a time.
+
+The outsider's reference models must come from *the same pipeline* as the target (model,
+FedAvg settings, defenses, per-hospital data sizes) on random halves of the population.
+Training K federations one after another costs K target runs; here the K federations are
+trained together: their flat parameters are stacked into a ``(K, P)`` tensor and every
+local SGD step is one ``torch.func.vmap`` over ``grad`` of a ``functional_call`` of the
+model. The Python loop runs once per (round, hospital, step), as for one federation.
+
+Semantics match :func:`bench.federated.run_federated` + :class:`bench.training.PlainTrainer`
+(same seeds streams ``("init",)``, ``("select", r)``, ``("train", site, r)``; shuffled
+mini-batches of ``batch_size``; SGD with momentum / weight decay, state reset each round;
+aggregation weights by sample count or uniform; ``server_lr``). ``tests/test_lira_rmia.py``
+checks that K = 1 with no defense reproduces ``run_federated`` exactly.
+
+Defenses are vectorised through :data:`VECTORIZED` (one entry per defense name). When a
+configured defense (or the optimizer) has no vectorised form, :class:`ReferenceCache`
+falls back to the sequential ``simulate`` and says so in the log and in
+``ReferenceSignals.method``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.func import functional_call, grad, vmap
+
+from bench.models import build_model, flatten
+from bench.registry import Registry
+from bench.seeding import Seeds
+from bench.types import ConfigError, Records, ReferenceSignals
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- vectorised defenses
+
+
+class VectorDefense:
+    """Vectorised counterpart of a :class:`defenses.base.Defense` acting on ``(K, P)`` stacks.
+
+    ``defense`` is the real defense instance after ``setup(facts)`` (so that derived values,
+    e.g. dp_sgd's calibrated σ, come from the defense itself).
+    """
+
+    uniform_weights = False
+
+    def __init__(self, defense: Any) -> None:
+        self.defense = defense
+
+    @classmethod
+    def unsupported(cls, params: Any) -> Optional[str]:
+        """Why these parameters cannot be vectorised (None when they can)."""
+        return None
+
+    def aggregate(self, updates: torch.Tensor, weights: torch.Tensor, gens: Sequence[torch.Generator]) -> Optional[torch.Tensor]:
+        """Replace the weighted sum of ``updates`` (S, K, P) with ``weights`` (K, S), or None."""
+        return None
+
+    def private_step(self) -> Optional[Callable[..., torch.Tensor]]:
+        """Return a function replacing the mini-batch gradient with a private one, or None."""
+        return None
+
+    def transform_update(self, updates: torch.Tensor, gens: Sequence[torch.Generator]) -> torch.Tensor:
+        return updates
+
+    def transform_aggregate(self, aggregate: torch.Tensor, participants: torch.Tensor, gens: Sequence[torch.Generator]) -> torch.Tensor:
+        return aggregate
+
+
+VECTORIZED: Registry = Registry("vectorised defense")
+
+
+def _clip_rows(u: torch.Tensor, bound: float) -> torch.Tensor:
+    norm = torch.linalg.vector_norm(u, dim=-1, keepdim=True)
+    return u * torch.clamp(bound / (norm + 1e-12), max=1.0)
+
+
+@VECTORIZED.register("clipping")
+class VClipping(VectorDefense):
+    """``clipping``: each hospital's update clipped to L2 ``max_norm`` (as ``clip_l2``)."""
+
+    def transform_update(self, updates, gens):
+        return _clip_rows(updates, self.defense.params.max_norm)
+
+
+@VECTORIZED.register("secure_aggregation")
+class VSecureAggregation(VectorDefense):
+    """``secure_aggregation`` only hides updates; the sum it reveals equals the plain
+    weighted sum of the weighted inputs clipped entrywise to ``clip_range`` (up to
+    fixed-point quantization, ~1e-9 at 32 bits), so references use that sum. Dropouts before
+    the masked input change the weights: not vectorised."""
+
+    @classmethod
+    def unsupported(cls, params):
+        if params.dropout_fraction > 0 and params.dropout_phase == "before_masked_input":
+            return "secure_aggregation with dropouts before the masked input"
+        return None
+
+    def aggregate(self, updates, weights, gens):
+        r = self.defense.params.clip_range
+        return torch.clamp(weights.T.unsqueeze(-1) * updates, -r, r).sum(0)
+
+
+@VECTORIZED.register("client_dp")
+class VClientDP(VectorDefense):
+    """``client_dp`` with a fixed clip: client updates clipped to C, uniform weights, and
+    N(0, (σ·C/m)²) added to the mean on the server. Adaptive clipping (a data-dependent C
+    per round) is not vectorised."""
+
+    @classmethod
+    def unsupported(cls, params):
+        return "client_dp with adaptive clipping" if params.adaptive else None
+
+    def transform_update(self, updates, gens):
+        return _clip_rows(updates, self.defense.clip)
+
+    def transform_aggregate(self, aggregate, participants, gens):
+        m = participants.sum(dim=1, keepdim=True).to(aggregate.dtype)  # (K, 1)
+        std = self.defense.update_z * self.defense.clip / m
+        noise = torch.stack([torch.normal(0.0, 1.0, size=(aggregate.shape[1],), generator=g) for g in gens])
+        return aggregate + noise * std
+
+
+@VECTORIZED.register("dp_sgd")
+class VDPSGD(VectorDefense):
+    """``dp_sgd``: Poisson sampling (rate q = b/n), per-sample clipping to C, Gaussian noise
+    of std σ·C on the sum, divided by the expected batch size round(q·n) — Opacus's
+    ``DPOptimizer`` semantics. σ per hospital comes from the defense (``noise_for``)."""
+
+    @classmethod
+    def unsupported(cls, params):
+        return "dp_sgd with sampling=shuffle" if params.sampling != "poisson" else None
+
+    def __init__(self, defense: Any) -> None:
+        super().__init__(defense)
+        self.sigmas: dict[int, float] = {}
+
+    def private_step(self):
+        return self._step
+
+    def _step(self, psg: Callable, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, n: int, b: int, gens) -> torch.Tensor:
+        p = self.defense.params
+        if n not in self.sigmas:  # calibrating to target_epsilon runs an accountant search: once per size
+            self.sigmas[n] = float(self.defense.noise_for(n))
+        sigma = self.sigmas[n]
+        q = min(1.0, b / max(n, 1))
+        k = params.shape[0]
+        # Poisson sample: every record of every reference joins with probability q. The K
+        # samples differ in size, so they are padded to the largest with weight-0 rows.
+        picked = [torch.nonzero(torch.rand(n, generator=g) < q).squeeze(1) for g in gens]
+        width = max(1, max(len(i) for i in picked))
+        idx = torch.zeros(k, width, dtype=torch.long)
+        weight = torch.zeros(k, width, dtype=params.dtype)
+        for j, i in enumerate(picked):
+            idx[j, : len(i)] = i
+            weight[j, : len(i)] = 1.0
+        rows = torch.arange(k)[:, None]
+        g_each = psg(params, x[rows, idx], y[rows, idx])  # (K, width, P) per-sample gradients
+        bound = p.max_grad_norm if not math.isinf(p.max_grad_norm) else 1e30
+        norms = torch.linalg.vector_norm(g_each, dim=-1, keepdim=True)
+        factor = torch.clamp(bound / (norms + 1e-6), max=1.0)
+        summed = (g_each * factor * weight.unsqueeze(-1)).sum(dim=1)
+        noise = torch.stack([torch.normal(0.0, sigma * bound, size=(params.shape[1],), generator=g) for g in gens])
+        return (summed + noise) / max(1, round(q * n))
+
+
+def vectorizable(defenses: Sequence[tuple[str, Any]], optimizer: str) -> Optional[str]:
+    """None when every ``(name, params)`` defense and the optimizer can be vectorised,
+    else the reason why not."""
+    if optimizer != "sgd":
+        return f"optimizer {optimizer!r} has no vectorised form (sgd only)"
+    for name, params in defenses:
+        if name not in VECTORIZED:
+            return f"defense {name!r} has no vectorised form"
+        why = VECTORIZED.get(name).unsupported(params)
+        if why:
+            return why
+    return None
+
+
+# --------------------------------------------------------------------------- the trainer
+
+
+def _unflatten(model: torch.nn.Module) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+    names, shapes = zip(*[(n, p.shape) for n, p in model.named_parameters()])
+    sizes = [int(np.prod(s)) for s in shapes]
+
+    def unflat(flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        parts = torch.split(flat, sizes)
+        return {n: t.view(s) for n, t, s in zip(names, parts, shapes)}
+
+    return unflat
+
+
+def _loss_fn(model: torch.nn.Module) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    unflat = _unflatten(model)
+
+    def loss(flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = functional_call(model, unflat(flat), (x,))
+        return torch.nn.functional.cross_entropy(logits, y)
+
+    return loss
+
+
+def _batch_grad(model: torch.nn.Module) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Mean cross-entropy gradient of each of K models on its own mini-batch.
+
+    The K models are independent, so one reverse pass over Σ_k loss_k yields every
+    per-model gradient at once (cheaper than ``vmap(grad(.))``, same numbers).
+    """
+    unflat = _unflatten(model)
+    forward = vmap(lambda f, x: functional_call(model, unflat(f), (x,)))
+
+    def batch_grad(params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            p = params.detach().requires_grad_(True)
+            logits = forward(p, x)  # (K, b, C)
+            k, b = y.shape
+            loss = torch.nn.functional.cross_entropy(logits.reshape(k * b, -1), y.reshape(-1), reduction="none")
+            (g,) = torch.autograd.grad(loss.view(k, b).mean(1).sum(), p)
+        return g
+
+    return batch_grad
+
+
+def _single_loss(loss):
+    def one(flat, x, y):
+        return loss(flat, x.unsqueeze(0), y.unsqueeze(0))
+
+    return one
+
+
+def train_many(
+    site_records: Sequence[Mapping[str, Records]],
+    seeds: Sequence[int],
+    info: Any,
+    model_cfg: Any,
+    train_cfg: Any,
+    privacy_cfg: Any,
+    defenses: Sequence[tuple[str, Any]],
+) -> torch.Tensor:
+    """Train K federations at once; return their final flat parameters, shape ``(K, P)``.
+
+    Args:
+        site_records: for each of the K federations, hospital name -> training records; every
+            federation has the same hospitals with the same numbers of records.
+        seeds: root seed of each federation (its streams as in ``run_federated``).
+        info, model_cfg, train_cfg, privacy_cfg: as for the target.
+        defenses: ``(name, fresh Defense instance)`` in the configured order; each must have
+            an entry in :data:`VECTORIZED`.
+    """
+    from bench.federated import federation_facts
+    from bench.types import Federation, Site
+
+    k = len(site_records)
+    if k == 0 or len(seeds) != k:
+        raise ValueError("train_many: need one seed per federation and at least one federation")
+    names = tuple(site_records[0])
+    sizes = {n: len(site_records[0][n]) for n in names}
+    for sr in site_records:
+        if tuple(sr) != names or any(len(sr[n]) != sizes[n] for n in names):
+            raise ValueError("train_many: every federation needs the same hospitals and sizes")
+    model = build_model(info, model_cfg, torch.Generator().manual_seed(0))
+    loss = _loss_fn(model)
+    batch_grad = _batch_grad(model)  # (K,P),(K,b,..),(K,b) -> (K,P)
+    psg = vmap(vmap(grad(_single_loss(loss)), in_dims=(None, 0, 0)))  # -> (K,n,P)
+    roots = [Seeds(int(s)) for s in seeds]
+    params = torch.stack([flatten(build_model(info, model_cfg, r.torch("init"))) for r in roots])
+
+    # defenses see the facts of the reference federation (same sizes as the target's)
+    empty = Records(ids=np.zeros(0, np.int64), x=site_records[0][names[0]].x[:0], y=site_records[0][names[0]].y[:0])
+    fake = Federation(info=info, sites=tuple(Site(n, site_records[0][n], empty) for n in names), test=empty, candidates=empty, population=empty)
+    facts = federation_facts(fake, train_cfg, privacy_cfg, params.shape[1])
+    vdefs = []
+    for name, d in defenses:
+        d.setup(facts)
+        vdefs.append(VECTORIZED.get(name)(d))
+    private = next((v.private_step() for v in vdefs if v.private_step() is not None), None)
+    uniform = any(getattr(d, "uniform_weights", False) for _, d in defenses)
+
+    xs = {n: torch.stack([sr[n].x for sr in site_records]) for n in names}  # (K, n, ...)
+    ys = {n: torch.stack([sr[n].y for sr in site_records]) for n in names}
+    b, lr, mom, wd = train_cfg.batch_size, train_cfg.lr, train_cfg.momentum, train_cfg.weight_decay
+    m = facts.sites_per_round
+    idx_k = torch.arange(k)
+    for r in range(1, train_cfg.rounds + 1):
+        chosen = torch.zeros(k, len(names), dtype=torch.bool)
+        for i, root in enumerate(roots):
+            chosen[i, root.rng("select", r).choice(len(names), m, replace=False)] = True
+        updates = torch.zeros(len(names), k, params.shape[1])
+        for s, name in enumerate(names):
+            n = sizes[name]
+            gens = [root.torch("train", name, r) for root in roots]
+            local = params.clone()
+            buf = None
+            if private is not None:
+                # dp_sgd: epochs·⌈n/b⌉ Poisson steps on the whole local data set
+                steps = train_cfg.local_epochs * ((n + b - 1) // b)
+                batches = [None] * steps
+            else:
+                batches = []
+                for _ in range(train_cfg.local_epochs):
+                    order = torch.stack([torch.randperm(n, generator=g) for g in gens])  # (K, n)
+                    batches += [order[:, st : st + b] for st in range(0, n, b)]
+            for idx in batches:
+                if idx is None:
+                    g = private(psg, local, xs[name], ys[name], n, b, gens)
+                else:
+                    g = batch_grad(local, xs[name][idx_k[:, None], idx], ys[name][idx_k[:, None], idx])
+                # torch.optim.SGD: d = g + wd·p; buf = mom·buf + d (buf = d on the first step)
+                if wd:
+                    g = g + wd * local
+                if mom:
+                    buf = g if buf is None else mom * buf + g
+                    g = buf
+                local = local - lr * g
+            upd = local - params
+            for v in vdefs:
+                upd = v.transform_update(upd, [root.torch("defense", "vector", name, r) for root in roots])
+            updates[s] = upd
+        sz = torch.tensor([float(sizes[n]) for n in names])
+        w = chosen.to(params.dtype) * (torch.ones(len(names)) if uniform else sz)  # (K, S)
+        w = w / w.sum(dim=1, keepdim=True)
+        agg = next((a for a in (v.aggregate(updates, w, []) for v in vdefs) if a is not None), None)
+        if agg is None:
+            agg = torch.einsum("ks,skp->kp", w, updates)
+        for v in reversed(vdefs):
+            agg = v.transform_aggregate(agg, chosen, [root.torch("server", r) for root in roots])
+        params = params + train_cfg.server_lr * agg
+    return params
+
+
+# --------------------------------------------------------------------------- splits and signals
+
+
+def reference_splits(n: int, site_sizes: Mapping[str, int], k: int, rng: np.random.Generator) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+    """K random training sets drawn from ``n`` population records, each cut into hospitals of
+    ``site_sizes``; references come in complementary pairs so that each record is "in" for
+    about half of them (exactly half when the hospitals hold n/2 records, as in LiRA).
+
+    Returns ``(splits, included)``: per reference, hospital -> population indices, and the
+    ``(K, n)`` inclusion mask.
+    """
+    total = sum(site_sizes.values())
+    if total > n:
+        raise ConfigError(f"reference models: hospitals hold {total} records but the population has {n}; use more population data")
+    splits, included = [], np.zeros((k, n), bool)
+    perm = None
+    for i in range(k):
+        if i % 2 == 0:
+            perm = rng.permutation(n)
+            chosen = perm[:total]
+        else:
+            chosen = perm[n - total :]  # the complement of the previous half
+        chosen = rng.permutation(chosen)
+        included[i, chosen] = True
+        cuts = np.cumsum(list(site_sizes.values()))[:-1]
+        splits.append(dict(zip(site_sizes, np.split(chosen, cuts))))
+    return splits, included
+
+
+@torch.no_grad()
+def logit_confidence(model: torch.nn.Module, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """φ = log p_y − log(1 − p_y) of every record under each of the ``(K, P)`` parameter sets,
+    computed stably as z_y − logsumexp(z_{≠y}) (Carlini et al. 2022). Shape ``(K, N)``."""
+    unflat = _unflatten(model)
+    params = params if params.dim() == 2 else params.unsqueeze(0)
+    logits = vmap(lambda f: functional_call(model, unflat(f), (x,)))(params)  # (K, N, C)
+    z_y = logits.gather(2, y.view(1, -1, 1).expand(logits.shape[0], -1, 1)).squeeze(2)
+    others = logits.scatter(2, y.view(1, -1, 1).expand(logits.shape[0], -1, 1), float("-inf"))
+    return z_y - torch.logsumexp(others, dim=2)
+
+
+class ReferenceCache:
+    """``view.reference_signals(K)``: trains K reference federations once per cell and K,
+    keeps their per-record signals (not the models) and serves every attack that asks.
+
+    Args:
+        model_fn: builds the architecture (for ``functional_call``).
+        final_params: the released model.
+        population: the records references train on and are scored on.
+        site_sizes: hospital -> number of training records of the target.
+        seed: the cell's reference seed (independent of which attack asks first).
+        simulate_many: vectorised trainer ``(site_records list, seeds) -> (K, P)`` or None.
+        simulate: sequential fallback ``(site_records, seed) -> (P,)``.
+        fallback_reason: why ``simulate_many`` is None (logged).
+    """
+
+    def __init__(
+        self,
+        model_fn: Callable[[], torch.nn.Module],
+        final_params: torch.Tensor,
+        population: Records,
+        site_sizes: Mapping[str, int],
+        seed: int,
+        simulate_many: Optional[Callable[..., torch.Tensor]],
+        simulate: Optional[Callable[..., torch.Tensor]],
+        fallback_reason: str = "",
+    ) -> None:
+        self.model_fn = model_fn
+        self.final_params = final_params
+        self.population = population
+        self.site_sizes = dict(site_sizes)
+        self.seed = seed
+        self.simulate_many = simulate_many
+        self.simulate = simulate
+        self.fallback_reason = fallback_reason
+        self.cache: dict[int, ReferenceSignals] = {}
+
+    def __call__(self, num_references: int) -> ReferenceSignals:
+        if num_references < 1:
+            raise ConfigError(f"num_references: got {num_references}; need at least 1 (16 is typical)")
+        if num_references not in self.cache:
+            self.cache[num_references] = self._compute(num_references)
+        return self.cache[num_references]
+
+    def _compute(self, k: int) -> ReferenceSignals:
+        pop = self.population
+        seeds = Seeds(self.seed)
+        splits, included = reference_splits(len(pop), self.site_sizes, k, seeds.rng("reference", "splits", k))
+        site_records = [{name: pop.take(ix) for name, ix in split.items()} for split in splits]
+        ref_seeds = [seeds.int_seed("reference", "federation", i) for i in range(k)]
+        t0 = time.perf_counter()
+        if self.simulate_many is not None:
+            params = self.simulate_many(site_records, ref_seeds)
+            method = "vectorized"
+        elif self.simulate is not None:
+            log.warning("reference models: training %d federations sequentially (%s)", k, self.fallback_reason)
+            params = torch.stack([self.simulate(sr, s) for sr, s in zip(site_records, ref_seeds)])
+            method = f"sequential ({self.fallback_reason})"
+        else:
+            raise ConfigError("reference models: this view cannot simulate the federation; use an attack without references")
+        seconds = time.perf_counter() - t0
+        log.info("reference models: K=%d federations in %.2fs (%s)", k, seconds, method)
+        model = self.model_fn()
+        phi_ref = logit_confidence(model, params, pop.x, pop.y).numpy().astype(np.float64)
+        phi_t = logit_confidence(model, self.final_params, pop.x, pop.y)[0].numpy().astype(np.float64)
+        return ReferenceSignals(ids=pop.ids.copy(), target=phi_t, reference=phi_ref, included=included, seconds=seconds, method=method)
+
+    def artifacts(self) -> dict[str, bytes]:
+        """``reference/signals_K<k>.npz`` for every K computed in this cell."""
+        out = {}
+        for k, s in self.cache.items():
+            buf = io.BytesIO()
+            np.savez_compressed(buf, ids=s.ids, target=s.target, reference=s.reference, included=s.included, seconds=s.seconds)
+            out[f"reference/signals_K{k}.npz"] = buf.getvalue()
+        return out
+
+    def metrics(self) -> dict[str, float]:
+        out = {}
+        for k, s in self.cache.items():
+            out[f"cost/reference/K{k}/seconds"] = s.seconds
+            out[f"cost/reference/K{k}/vectorized"] = float(s.method == "vectorized")
+        return out
+
+
+def make_many_simulator(cfg: Any, info: Any) -> tuple[Optional[Callable[..., torch.Tensor]], str]:
+    """The vectorised simulator for ``cfg`` (fresh defense instances per call), or
+    ``(None, reason)`` when something in ``cfg`` cannot be vectorised."""
+    from bench.components import component_class
+
+    reason = vectorizable([(s.name, s.params) for s in cfg.defenses], cfg.train.optimizer)
+    if reason is not None:
+        return None, reason
+
+    def simulate_many(site_records: Sequence[Mapping[str, Records]], seeds: Sequence[int]) -> torch.Tensor:
+        defenses = [(s.name, component_class("defense", s.name)(s.params)) for s in cfg.defenses]
+        return train_many(site_records, seeds, info, cfg.model, cfg.train, cfg.privacy, defenses)
+
+    return simulate_many, ""
+
+
+def reference_artifacts(views: Mapping[str, Any]) -> tuple[dict[str, bytes], dict[str, float]]:
+    """Artifacts and cost metrics of the reference signals computed in this cell (if any)."""
+    view = views.get("outsider")
+    cache = getattr(view, "reference_signals", None)
+    if not isinstance(cache, ReferenceCache):
+        return {}, {}
+    return cache.artifacts(), cache.metrics()

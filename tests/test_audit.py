@@ -1,0 +1,70 @@
+"""The one-run canary audit (Steinke, Nasr, Jagielski 2023) in the pipeline.
+
+* inserting canaries is a pure transform: inputs untouched, about half the canaries in
+  training, each exactly where ground truth says;
+* the attack never sees which canaries went in (its output is scores only);
+* an audit bound above the accountant's ε is tagged and logged loudly; below it is not;
+* end to end: without a defense the audit finds evidence (bound > 0); with DP-SGD the
+  bound stays below the accountant's ε.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import pytest
+
+from attacks.audit.canary import insert_canaries
+from bench.config import parse_experiment
+from bench.data import build_federation
+from bench.metrics.membership import audit_verdict
+from bench.runner import run_in_memory
+from bench.seeding import Seeds
+from conftest import tiny_raw
+
+
+def test_insert_canaries_is_pure_and_matches_truth(tiny_cfg):
+    fed, truth = build_federation(tiny_cfg.data, Seeds(0))
+    sizes = [len(s.train) for s in fed.sites]
+    new_fed, fields = insert_canaries(fed, 400, np.random.default_rng(0))
+    new_truth = dataclasses.replace(truth, **fields)
+    assert [len(s.train) for s in fed.sites] == sizes and fed.canaries is None and truth.canary_ids is None
+    inc = new_truth.canary_included
+    assert abs(inc.mean() - 0.5) < 0.08
+    assert sum(len(s.train) for s in new_fed.sites) == sum(sizes) + int(inc.sum())
+    trained = np.concatenate([s.train.ids for s in new_fed.sites])
+    assert np.array_equal(np.isin(new_truth.canary_ids, trained), inc)
+    assert not np.isin(new_fed.canaries.ids, fed.candidates.ids).any()  # fresh ids
+    assert len(np.unique(trained)) == len(trained)
+
+
+def test_audit_verdict_tags_a_bound_above_epsilon(caplog):
+    metrics = {"attack/canary_audit/epsilon_lower_bound": 2.5, "privacy/epsilon": 1.0}
+    with caplog.at_level(logging.ERROR):
+        out, tags = audit_verdict(metrics, ["canary_audit"])
+    assert out == {"audit/epsilon_lower_bound": 2.5} and tags == {"audit_violation": "true"}
+    assert "AUDIT VIOLATION" in caplog.text
+    _, tags = audit_verdict({**metrics, "privacy/epsilon": 8.0}, ["canary_audit"])
+    assert tags == {"audit_violation": "false"}
+    assert audit_verdict({"attack/lira/auc": 0.6}, []) == ({}, {})
+
+
+def _audit_cell(defenses):
+    raw = tiny_raw(attacks=[{"name": "canary_audit", "num_canaries": 200, "guess_fraction": 0.1}], defenses=defenses)
+    raw["data"] = {"name": "breast_cancer", "partition": "iid", "num_sites": 2}
+    raw["model"] = {"name": "mlp", "hidden": [64]}
+    raw["train"] = {"rounds": 10, "local_epochs": 5, "batch_size": 16, "lr": 0.3}
+    return run_in_memory(parse_experiment(raw))
+
+
+@pytest.mark.slow
+def test_audit_finds_leakage_without_defense_and_stays_below_dp_epsilon():
+    plain = _audit_cell([])
+    assert plain.metrics["audit/epsilon_lower_bound"] > 0.2
+    assert "audit_violation" not in plain.tags  # no ε to compare with
+    dp = _audit_cell([{"name": "dp_sgd", "noise_multiplier": 1.0}])
+    assert dp.metrics["audit/epsilon_lower_bound"] <= dp.metrics["privacy/epsilon"]
+    assert dp.tags["audit_violation"] == "false"
+    assert dp.metrics["attack/canary_audit/delta"] == dp.metrics["privacy/delta"]
