@@ -37,6 +37,9 @@ def _cell_tags(suite, cell) -> dict[str, str]:
         "attacks": "+".join(a.name for a in cfg.attacks) or "none",
         "threat_models": "+".join(tms) or "none",
         "seed": str(cfg.seed),
+        # the seeds of one defense setting share this tag: "Group by" it in the MLflow UI to see
+        # mean and spread over seeds (the hash keeps apart settings whose readable labels match)
+        "setting": f"{cfg.setting_label()} · {cfg.setting_key[:6]}",
     }
 
 
@@ -76,14 +79,79 @@ def cmd_list(args) -> int:
     return 0
 
 
-def cmd_run(args) -> int:
+def _finished_row(name: str, m) -> tuple:
+    aucs = [v for k, v in m.items() if k.startswith("attack/") and k.endswith("/auc")]
+    return (name, "FINISHED", m.get("utility/test_accuracy"), m.get("privacy/epsilon"), max(aucs) if aucs else None, m.get("cost/seconds", 0.0))
+
+
+def _log_cell_error(name: str, exc: BaseException, verbose: bool) -> None:
+    if isinstance(exc, ConfigError):
+        log.error("cell %s failed: %s", name, exc)
+    else:
+        log.error("cell %s failed: %s: %s", name, type(exc).__name__, exc, exc_info=verbose)
+
+
+def _run_here(args, suite, todo, tracker, bar, rows: dict) -> int:
+    """Cells one after another in this process, streaming metrics round by round."""
     from tqdm import tqdm
 
     from bench.runner import run_cell
+
+    failed = 0
+    for cell in todo:
+        rounds = tqdm(total=cell.config.train.rounds, desc="  rounds", leave=False, file=sys.stderr, disable=args.quiet)
+        bar.set_postfix_str(cell.name[:60])
+        try:
+            with tracker.cell(cell.name, _cell_tags(suite, cell)) as out:
+                result = run_cell(cell.config, out, on_round=lambda r: rounds.update(1))
+            rows[cell.index] = _finished_row(cell.name, result.metrics)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # a crashing cell ends FAILED and the suite goes on
+            failed += 1
+            rows[cell.index] = (cell.name, "FAILED", None, None, None, 0.0)
+            _log_cell_error(cell.name, exc, args.verbose)
+        finally:
+            rounds.close()
+        bar.update(1)
+    return failed
+
+
+def _run_elsewhere(args, suite, todo, tracker, bar, rows: dict, executor) -> int:
+    """Cells on ``executor`` (worker processes or Ray); this process alone writes the runs."""
+    from bench.executors import CellTask, record_outcome
+
+    tasks = [CellTask(c.index, c.name, c.run_key, c.config, _cell_tags(suite, c)) for c in todo]
+    failed = 0
+    for outcome in executor.run(tasks):
+        name = outcome.task.name
+        try:
+            record_outcome(tracker, outcome)
+            rows[outcome.task.index] = _finished_row(name, outcome.metrics)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # the cell's own error (run ended FAILED) or a failed write
+            failed += 1
+            rows[outcome.task.index] = (name, "FAILED", None, None, None, outcome.seconds)
+            _log_cell_error(name, exc, args.verbose)
+        bar.set_postfix_str(name[:60])
+        bar.update(1)
+    return failed
+
+
+def cmd_run(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from bench.executors import CELL_THREADS, make_executor
     from bench.suite import filter_cells, load_suite
     from bench.tracking import MlflowTracker
 
     suite = filter_cells(load_suite(args.suite, args.set), args.only)  # all validation happens here
+    executor = None
+    if args.executor != "local" or args.workers not in (None, 1) or args.address:
+        executor = make_executor(args.executor, args.workers, args.address)  # bad options fail before logging
+        executor.warm()
     tracker = MlflowTracker(args.tracking_uri)
     done = set() if args.no_resume else tracker.finished_keys(suite)
     todo = [c for c in suite.cells if c.run_key not in done]
@@ -92,46 +160,56 @@ def cmd_run(args) -> int:
     if not todo:
         print("nothing to do (delete the runs or pass --no-resume to run again)")
         return 0
+    if executor is not None:
+        print(f"executor: {executor.describe()}")
     tracker.begin_suite(suite)
-    rows, failed = [], 0
+    rows: dict[int, tuple] = {}
     bar = tqdm(total=len(todo), desc="cells", unit="cell", file=sys.stderr, disable=args.quiet)
-    status = "FINISHED"
+    threads = torch.get_num_threads()
+    # same per-cell thread count as the workers: results do not depend on --workers
+    torch.set_num_threads(CELL_THREADS)
     try:
-        for cell in todo:
-            rounds = tqdm(total=cell.config.train.rounds, desc="  rounds", leave=False, file=sys.stderr, disable=args.quiet)
-            bar.set_postfix_str(cell.name[:60])
-            try:
-                with tracker.cell(cell.name, _cell_tags(suite, cell)) as out:
-                    result = run_cell(cell.config, out, on_round=lambda r: rounds.update(1))
-                m = result.metrics
-                aucs = [v for k, v in m.items() if k.startswith("attack/") and k.endswith("/auc")]
-                rows.append((cell.name, "FINISHED", m.get("utility/test_accuracy"), m.get("privacy/epsilon"), max(aucs) if aucs else None, m.get("cost/seconds", 0.0)))
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except ConfigError as exc:
-                failed += 1
-                rows.append((cell.name, "FAILED", None, None, None, 0.0))
-                log.error("cell %s failed: %s", cell.name, exc)
-            except Exception as exc:  # a crashing cell ends FAILED and the suite goes on
-                failed += 1
-                rows.append((cell.name, "FAILED", None, None, None, 0.0))
-                log.error("cell %s failed: %s: %s", cell.name, type(exc).__name__, exc, exc_info=args.verbose)
-            finally:
-                rounds.close()
-            bar.update(1)
+        if executor is None:
+            failed = _run_here(args, suite, todo, tracker, bar, rows)
+        else:
+            failed = _run_elsewhere(args, suite, todo, tracker, bar, rows, executor)
     except KeyboardInterrupt:
-        status = "KILLED"
+        if executor is not None:
+            executor.close(cancel=True)
         bar.close()
         tracker.end_suite("KILLED")
-        print("interrupted: the running cell ended FAILED and will run again next time", file=sys.stderr)
+        if executor is None:
+            print("interrupted: the running cell ended FAILED and will run again next time", file=sys.stderr)
+        else:
+            print("interrupted: finished cells are logged; unfinished ones were not and will run next time", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        torch.set_num_threads(threads)
     bar.close()
-    status = "FAILED" if failed else "FINISHED"
-    tracker.end_suite(status)
-    print(_summary_table(rows))
+    tracker.end_suite("FAILED" if failed else "FINISHED")
+    print(_summary_table([rows[i] for i in sorted(rows)]))
     if failed:
         print(f"{failed} cell(s) FAILED (see the 'error' tag of each run); run the same command again to retry them", file=sys.stderr)
         return EXIT_FAILED_CELLS
+    return 0
+
+
+def cmd_report(args) -> int:
+    from bench.report import write_report
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one progress bar per artifact otherwise
+    res = write_report(args.suite, args.tracking_uri, args.out, attach=not args.no_attach)
+    print(f"suite {args.suite!r}: {res.settings} defense settings; wrote {len(res.files)} files to {res.out_dir}/ ({len(res.figures)} figures)")
+    for f in res.figures:
+        print(f"  {f.file:<28} {f.title}")
+    for s in res.skipped:
+        print(f"  skipped: {s.title}: {s.reason}")
+    print(f"open {res.out_dir / 'report.html'}")
+    if res.parent_run_id:
+        print(f"attached as artifacts report/* of the suite run {res.parent_run_id}")
+    if res.failed_cells:
+        names = ", ".join(c.name for c in res.failed_cells)
+        print(f"{len(res.failed_cells)} cell(s) FAILED and are left out of the report: {names}; rerun the suite to retry them", file=sys.stderr)
     return 0
 
 
@@ -170,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///results/mlflow.db)")
     r.add_argument("--no-resume", action="store_true", help="run every cell even if a FINISHED run exists")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--workers", type=int, metavar="N", help="run N cells at once (local: N processes, default 1; ray: at most N in flight)")
+    r.add_argument("--executor", choices=("local", "ray"), default="local", help="where cells run: local processes, or Ray tasks (pip install 'privbench[ray]')")
+    r.add_argument("--address", metavar="ADDR", help="Ray cluster address (with --executor ray), e.g. ray://head:10001; default $RAY_ADDRESS or a local Ray")
     r.set_defaults(func=cmd_run)
 
     v = sub.add_parser("validate", help="check a suite file and list its cells; runs nothing")
@@ -178,6 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     li = sub.add_parser("list", help="list datasets, models, defenses and attacks")
     li.set_defaults(func=cmd_list)
+
+    rp = sub.add_parser("report", help="figures, summary table and report.html of a suite, read back from MLflow")
+    rp.add_argument("--suite", required=True, metavar="NAME", help="suite name (the `suite:` key of its YAML, e.g. quick)")
+    rp.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///results/mlflow.db)")
+    rp.add_argument("--out", metavar="DIR", help="output folder (default: results/<suite>/)")
+    rp.add_argument("--no-attach", action="store_true", help="do not log the files as artifacts of the suite's latest run")
+    rp.set_defaults(func=cmd_report)
 
     u = sub.add_parser("ui", help="open the MLflow UI on the results store")
     u.add_argument("--tracking-uri")

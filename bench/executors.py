@@ -1,0 +1,380 @@
+"""Running suite cells elsewhere than in the CLI's own process: a local process pool or Ray.
+
+Design: *workers compute, one process writes*. A worker runs :func:`bench.runner.run_cell`
+against a :class:`RecordingCellLog` (params, metrics with their steps, tags and artifacts as
+bytes, in call order) and sends it back; the parent process replays each finished cell into
+the tracker (:func:`record_outcome`), creating the child run, logging everything and ending it
+FINISHED — or FAILED with an ``error`` tag when the cell raised. So:
+
+* there is exactly one writer, hence no SQLite lock contention and no half-written runs
+  from a worker that died or was interrupted;
+* a cell that never finished leaves nothing behind and runs again on resume;
+* Ray workers need no access to the MLflow server (only the driver talks to it).
+
+The price: a cell's metrics appear in MLflow when the cell ends, not round by round
+(``--workers 1`` keeps live streaming, see ``bench.cli``).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import pickle
+import signal
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Optional, Sequence
+
+from bench.tracking import CellLog
+from bench.types import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Threads torch may use inside one cell. Cells are small (tabular MLPs, a small CNN), so one
+# thread per cell and one cell per core is faster than N cells fighting over cores with N
+# thread pools each; it also makes results independent of the worker count (a matmul's
+# reduction order can depend on the number of threads).
+CELL_THREADS = 1
+
+
+# --------------------------------------------------------------------------- recording
+
+
+class RecordingCellLog(CellLog):
+    """A :class:`~bench.tracking.CellLog` that keeps every call, in order, in memory.
+
+    Picklable, so a worker process can send it back; :meth:`replay` writes the same calls,
+    in the same order, into another CellLog (e.g. an MLflow child run).
+    """
+
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def params(self, params: Mapping[str, Any]) -> None:
+        self.events.append(("params", dict(params)))
+
+    def metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
+        self.events.append(("metrics", {k: float(v) for k, v in metrics.items() if v is not None}, step))
+
+    def tags(self, tags: Mapping[str, str]) -> None:
+        self.events.append(("tags", {k: str(v) for k, v in tags.items()}))
+
+    def text(self, text: str, path: str) -> None:
+        self.events.append(("text", text, path))
+
+    def bytes(self, data: bytes, path: str) -> None:
+        self.events.append(("bytes", bytes(data), path))
+
+    def replay(self, out: CellLog) -> None:
+        """Make the same calls on ``out``, in the order they were made here."""
+        for kind, *payload in self.events:
+            getattr(out, kind)(*payload)
+
+    def metric_history(self) -> dict[str, list[tuple[Optional[int], float]]]:
+        """``{metric: [(step, value), ...]}`` in logging order."""
+        hist: dict[str, list[tuple[Optional[int], float]]] = {}
+        for event in self.events:
+            if event[0] == "metrics":
+                for k, v in event[1].items():
+                    hist.setdefault(k, []).append((event[2], v))
+        return hist
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+@dataclass(frozen=True)
+class CellTask:
+    """One cell to run: what a worker needs (all picklable)."""
+
+    index: int
+    name: str
+    run_key: str
+    config: Any  # bench.config.ExperimentConfig
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CellOutcome:
+    """What came back from a worker: the recorded log, the final metrics, or the error."""
+
+    task: CellTask
+    log: RecordingCellLog
+    metrics: Mapping[str, float]
+    error: Optional[BaseException]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """``exc`` if it survives pickling (to cross a process boundary), else a RuntimeError copy."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:  # some exception types take constructor arguments pickle cannot restore
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
+def execute(task: CellTask) -> CellOutcome:
+    """Run one cell against a :class:`RecordingCellLog` (in whichever process calls it).
+
+    Exceptions from the cell are caught and returned in the outcome (with whatever was
+    logged before the failure), so the parent can end the run FAILED with an ``error`` tag.
+    """
+    import torch
+
+    from bench.runner import run_cell
+
+    torch.set_num_threads(CELL_THREADS)
+    rec = RecordingCellLog()
+    t0 = time.perf_counter()
+    try:
+        result = run_cell(task.config, rec)
+    except Exception as exc:  # a crashing cell ends FAILED and the suite goes on
+        log.debug("cell %s failed", task.name, exc_info=True)
+        return CellOutcome(task, rec, {}, _portable(exc), time.perf_counter() - t0)
+    return CellOutcome(task, rec, dict(result.metrics), None, time.perf_counter() - t0)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@contextmanager
+def hold_sigint() -> Iterator[None]:
+    """Delay Ctrl-C until the block ends, so that a run is never left half-written.
+
+    Only the main thread can install signal handlers; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def record_outcome(tracker, outcome: CellOutcome) -> None:
+    """Write one finished cell as a child run of ``tracker``'s suite run (parent process only).
+
+    The run ends FINISHED, or FAILED with an ``error`` tag, in which case the cell's
+    original exception is raised again here (like a cell that ran in this process).
+    """
+    with hold_sigint():
+        with tracker.cell(outcome.task.name, outcome.task.tags) as out:
+            outcome.log.replay(out)
+            if outcome.error is not None:
+                raise outcome.error
+
+
+# --------------------------------------------------------------------------- executors
+
+
+def _init_worker(threads: int) -> None:
+    # Ctrl-C reaches the whole process group; only the parent decides what happens then
+    # (it stops the workers), so a worker never dies half-way through on its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _mp_context():
+    # fork after torch is imported is fragile (thread pools, locks); a forkserver that has
+    # pre-imported the pipeline forks clean, warm workers; spawn where there is none (Windows)
+    methods = multiprocessing.get_all_start_methods()
+    if "forkserver" in methods:
+        ctx = multiprocessing.get_context("forkserver")
+        # the pipeline and torch's lazily imported compiler stack (the first optimizer pulls
+        # it in, ~1 s): imported once in the server instead of once per worker
+        ctx.set_forkserver_preload(["bench.runner", "torch._dynamo"])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+class LocalExecutor:
+    """Cells in ``workers`` processes on this machine (``privbench run --workers N``).
+
+    Args:
+        workers: number of worker processes (>= 1).
+    """
+
+    def __init__(self, workers: int) -> None:
+        if workers < 1:
+            raise ConfigError(f"--workers: got {workers}; expected a positive number of processes, e.g. --workers 2")
+        self.workers = workers
+        self._pool: Optional[ProcessPoolExecutor] = None
+
+    def describe(self) -> str:
+        return f"{self.workers} local worker process(es)"
+
+    def warm(self) -> None:
+        """Start the fork server now, so its imports overlap the parent's own start-up."""
+        ctx = _mp_context()
+        if ctx.get_start_method() == "forkserver":
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()
+
+    def run(self, tasks: Sequence[CellTask]) -> Iterator[CellOutcome]:
+        """Yield each task's outcome as soon as it is finished (in completion order)."""
+        if not tasks:
+            return
+        self._pool = ProcessPoolExecutor(
+            max_workers=min(self.workers, len(tasks)),
+            mp_context=_mp_context(),
+            initializer=_init_worker,
+            initargs=(CELL_THREADS,),
+        )
+        futures: dict[Future, CellTask] = {self._pool.submit(execute, t): t for t in tasks}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in sorted(done, key=lambda f: futures[f].index):
+                task = futures[fut]
+                exc = fut.exception()
+                if exc is not None:  # the worker process itself died (e.g. killed for memory)
+                    yield CellOutcome(task, RecordingCellLog(), {}, _portable(exc), 0.0)
+                else:
+                    yield fut.result()
+        self.close()
+
+    def close(self, cancel: bool = False) -> None:
+        """Stop the pool; with ``cancel`` (Ctrl-C) also stop the running cells at once."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        if cancel:
+            procs = list(getattr(pool, "_processes", {}).values())  # no public API stops a running task
+            pool.shutdown(wait=False, cancel_futures=True)
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()
+            for p in procs:
+                p.join(timeout=5)
+        else:
+            pool.shutdown(wait=True)
+
+
+class RayExecutor:
+    """Each cell a Ray task on a Ray cluster (``privbench run --executor ray``).
+
+    Results come back to the driver (the ``privbench`` process), which alone writes to the
+    tracking store named by ``--tracking-uri``: the cluster's workers need privbench and its
+    dependencies, but no access to the MLflow server or its credentials.
+
+    Args:
+        address: Ray cluster address (``ray://host:10001`` or ``host:6379``); ``None``
+            connects to the cluster in ``RAY_ADDRESS`` or starts a local Ray instance.
+        max_in_flight: at most this many cells submitted at once (``--workers``); ``None``
+            lets the cluster's free CPUs decide.
+        ship_code: upload this checkout's ``bench``/``defenses``/``attacks`` packages with
+            the job (a ``runtime_env``), so cluster nodes run exactly this code.
+    """
+
+    def __init__(self, address: Optional[str] = None, max_in_flight: Optional[int] = None, ship_code: bool = False) -> None:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise ConfigError("--executor ray: Ray is not installed; pip install 'privbench[ray]'") from None
+        if max_in_flight is not None and max_in_flight < 1:
+            raise ConfigError(f"--workers: got {max_in_flight}; expected a positive number of cells in flight")
+        self.address = address
+        self.max_in_flight = max_in_flight
+        self.ship_code = ship_code
+        self._started = False
+        self._refs: list = []
+
+    def warm(self) -> None:
+        """Nothing to start ahead of time (connecting happens in :meth:`run`)."""
+
+    def describe(self) -> str:
+        return f"Ray at {self.address or os.environ.get('RAY_ADDRESS') or 'a local instance'}"
+
+    def _connect(self):
+        import ray
+
+        if ray.is_initialized():
+            return ray
+        kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
+        if self.ship_code:
+            import attacks
+            import bench
+            import defenses
+
+            kwargs["runtime_env"] = {"py_modules": [bench, attacks, defenses]}
+        try:
+            ray.init(address=self.address, **kwargs)
+        except ConnectionError as exc:
+            raise ConfigError(f"--address {self.address!r}: cannot reach a Ray cluster there ({exc}); check the address and that `ray start --head` runs") from None
+        self._started = True
+        return ray
+
+    def run(self, tasks: Sequence[CellTask]) -> Iterator[CellOutcome]:
+        if not tasks:
+            return
+        ray = self._connect()
+        remote = ray.remote(num_cpus=1, max_retries=0)(execute)
+        queue = list(tasks)
+        limit = self.max_in_flight or len(queue)
+        by_ref: dict = {}
+        while queue or by_ref:
+            while queue and len(by_ref) < limit:
+                task = queue.pop(0)
+                by_ref[remote.remote(task)] = task
+            self._refs = list(by_ref)
+            done, _ = ray.wait(list(by_ref), num_returns=1)
+            for ref in done:
+                task = by_ref.pop(ref)
+                try:
+                    yield ray.get(ref)
+                except Exception as exc:  # the task's worker died (node lost, OOM kill)
+                    yield CellOutcome(task, RecordingCellLog(), {}, _portable(exc), 0.0)
+        self._refs = []
+        self.close()
+
+    def close(self, cancel: bool = False) -> None:
+        import ray
+
+        if cancel and ray.is_initialized():
+            for ref in self._refs:
+                try:
+                    ray.cancel(ref, force=True)
+                except Exception:  # already finished or gone: nothing left to stop
+                    pass
+        self._refs = []
+        if self._started and ray.is_initialized():
+            ray.shutdown()
+        self._started = False
+
+
+def _local(workers: Optional[int], address: Optional[str]) -> LocalExecutor:
+    if address:
+        raise ConfigError(f"--address {address!r}: only used with --executor ray; add --executor ray or drop --address")
+    return LocalExecutor(1 if workers is None else workers)
+
+
+def _ray(workers: Optional[int], address: Optional[str]) -> RayExecutor:
+    # with a remote cluster, ship this checkout's code so every node runs the same pipeline
+    return RayExecutor(address=address, max_in_flight=workers, ship_code=bool(address))
+
+
+EXECUTORS = {"local": _local, "ray": _ray}
+
+
+def make_executor(kind: str, workers: Optional[int] = None, address: Optional[str] = None):
+    """The executor for ``--executor kind`` (a key of :data:`EXECUTORS`)."""
+    if kind not in EXECUTORS:
+        raise ConfigError(f"--executor: got {kind!r}; expected one of {', '.join(EXECUTORS)}")
+    return EXECUTORS[kind](workers, address)

@@ -1,0 +1,190 @@
+"""Parallel cells (``privbench run --workers N``): one writer, same numbers, resume, failures."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench.cli import main
+from bench.config import parse_experiment
+from bench.executors import CellTask, RecordingCellLog, execute, make_executor, record_outcome
+from bench.runner import run_cell
+from bench.tracking import MemoryCellLog, MemoryTracker
+from bench.types import ConfigError
+from conftest import tiny_raw
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _suite_file(tmp_path: Path, seeds=(0, 1), rounds: int = 3, variants=None, name: str = "par") -> str:
+    raw = {
+        "suite": name,
+        "base": tiny_raw(train__rounds=rounds),
+        "grid": {"defenses": [[], [{"name": "clipping", "max_norm": 0.5}]]},
+        "seeds": list(seeds),
+    }
+    if variants:
+        raw["variants"] = variants
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def _cell_runs(uri: str, suite: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(suite)
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.role = 'cell'", max_results=1000)
+    return client, runs
+
+
+def _histories(uri: str, suite: str) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """run_key -> metric -> [(step, value)] of every FINISHED cell run, timings left out."""
+    client, runs = _cell_runs(uri, suite)
+    out = {}
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        hist = {}
+        for key in run.data.metrics:
+            if key.startswith("cost/") and "seconds" in key:
+                continue  # wall-clock timings differ between any two runs
+            hist[key] = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+        out[run.data.tags["run_key"]] = hist
+    return out
+
+
+# --------------------------------------------------------------------------- fast unit tests
+
+
+def test_recording_log_replays_the_same_calls_in_order():
+    rec = RecordingCellLog()
+    rec.params({"a": 1})
+    rec.metrics({"m": 0.5}, step=1)
+    rec.metrics({"m": 0.25, "n": 2}, step=2)
+    rec.tags({"t": "x"})
+    rec.text("hello", "c/config.yaml")
+    rec.bytes(b"\x00\x01", "b.npz")
+    out = MemoryCellLog("cell", {})
+    rec.replay(out)
+    assert out.param_values == {"a": 1}
+    assert out.metric_history == {"m": [(1, 0.5), (2, 0.25)], "n": [(2, 2.0)]}
+    assert out.tag_values == {"t": "x"}
+    assert out.artifacts == {"c/config.yaml": b"hello", "b.npz": b"\x00\x01"}
+    assert rec.metric_history() == out.metric_history
+
+
+def test_worker_outcome_equals_an_in_process_run(tiny_cfg):
+    direct = MemoryCellLog("d", {})
+    run_cell(tiny_cfg, direct)
+    outcome = execute(CellTask(0, "c", tiny_cfg.run_key, tiny_cfg, {"run_key": tiny_cfg.run_key}))
+    assert outcome.ok
+    replayed = MemoryCellLog("r", {})
+    outcome.log.replay(replayed)
+    strip = lambda h: {k: v for k, v in h.items() if "seconds" not in k}  # noqa: E731
+    assert strip(replayed.metric_history) == strip(direct.metric_history)
+    assert replayed.param_values == direct.param_values
+    assert replayed.artifacts == direct.artifacts
+
+
+def test_a_failing_cell_is_written_failed_with_its_error():
+    cfg = parse_experiment({**tiny_raw(), "data": {"name": "heart_disease", "partition": "natural", "data_dir": "/nonexistent/heart"}})
+    outcome = execute(CellTask(0, "bad", cfg.run_key, cfg, {"run_key": cfg.run_key}))
+    assert not outcome.ok and isinstance(outcome.error, ConfigError)
+    tracker = MemoryTracker()
+    tracker.begin_suite(None)
+    with pytest.raises(ConfigError):
+        record_outcome(tracker, outcome)
+    (run,) = tracker.runs
+    assert run.status == "FAILED"
+    assert run.tag_values["error"].startswith("ConfigError: data.data_dir")
+    assert run.param_values  # what the cell logged before failing is kept
+    assert tracker.finished_keys(None) == set()  # so resume runs it again
+
+
+def test_bad_executor_options_are_one_line_config_errors(monkeypatch):
+    with pytest.raises(ConfigError, match="--workers"):
+        make_executor("local", 0, None)
+    with pytest.raises(ConfigError, match="--executor ray"):
+        make_executor("local", 2, "127.0.0.1:6379")
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(ConfigError, match=r"pip install 'privbench\[ray\]'"):
+        make_executor("ray", None, None)
+
+
+def test_cli_rejects_address_without_ray(tmp_path, tracking_uri, capsys):
+    suite = _suite_file(tmp_path, seeds=(0,))
+    assert main(["run", suite, "--address", "10.0.0.1:6379", "-q"]) == 2
+    assert "--address" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_workers_2_gives_the_same_runs_as_workers_1_and_resume_skips_them(tmp_path):
+    suite = _suite_file(tmp_path, seeds=(0, 1))
+    uri1 = f"sqlite:///{tmp_path / 'one.db'}"
+    uri2 = f"sqlite:///{tmp_path / 'two.db'}"
+    assert main(["run", suite, "--tracking-uri", uri1, "-q"]) == 0
+    # half the cells first, then the whole suite with 2 workers: only the rest may run
+    assert main(["run", suite, "--tracking-uri", uri2, "-q", "--only", "seed 0"]) == 0
+    assert main(["run", suite, "--tracking-uri", uri2, "-q", "--workers", "2"]) == 0
+    h1, h2 = _histories(uri1, "par"), _histories(uri2, "par")
+    assert len(h1) == 4 and set(h1) == set(h2)
+    for key in h1:
+        assert h1[key] == h2[key], key
+        # each round once, plus the runner's final summary at step=rounds: nothing lost, nothing doubled
+        assert [s for s, _ in h2[key]["utility/test_accuracy"]] == [1, 2, 3, 3]
+    _, runs = _cell_runs(uri2, "par")
+    keys = [r.data.tags["run_key"] for r in runs]
+    assert len(keys) == len(set(keys)) == 4  # no duplicate, no missing run
+    # resume: nothing left to do, nothing new logged
+    assert main(["run", suite, "--tracking-uri", uri2, "-q", "--workers", "2"]) == 0
+    assert len(_cell_runs(uri2, "par")[1]) == 4
+
+
+@pytest.mark.slow
+def test_a_failing_cell_in_a_worker_ends_failed_and_the_others_finish(tmp_path):
+    bad = {"data.name": "heart_disease", "data.partition": "natural", "data.data_dir": str(tmp_path / "missing"), "model.name": "logreg"}
+    suite = _suite_file(tmp_path, seeds=(0,), variants=[{}, bad], name="mixed")
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    assert main(["run", suite, "--tracking-uri", uri, "-q", "--workers", "2"]) == 1
+    _, runs = _cell_runs(uri, "mixed")
+    status = sorted((r.data.tags["dataset"], r.info.status) for r in runs)
+    assert status == [("breast_cancer", "FINISHED")] * 2 + [("heart_disease", "FAILED")] * 2
+    assert all("data.data_dir" in r.data.tags["error"] for r in runs if r.info.status == "FAILED")
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_no_half_runs_and_resume_completes(tmp_path):
+    suite = _suite_file(tmp_path, seeds=(0, 1, 2), rounds=40)
+    uri = f"sqlite:///{tmp_path / 'c.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    cmd = [sys.executable, "-m", "bench", "run", suite, "-q", "--workers", "2"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and "executor:" not in (line := proc.stdout.readline()):
+        pass
+    time.sleep(3)  # cells are running in the workers
+    os.killpg(proc.pid, signal.SIGINT)  # like Ctrl-C in a terminal: the whole process group
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    client, runs = _cell_runs(uri, "par")
+    assert all(r.info.status == "FINISHED" for r in runs)  # no RUNNING / FAILED half-runs
+    parent = client.search_runs([runs[0].info.experiment_id] if runs else [client.get_experiment_by_name("par").experiment_id], "tags.role = 'suite'")
+    assert [p.info.status for p in parent] == ["KILLED"]
+    done_before = len(runs)
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert f"{done_before} already finished, {6 - done_before} to run" in out.stdout
+    _, runs = _cell_runs(uri, "par")
+    keys = [r.data.tags["run_key"] for r in runs]
+    assert len(keys) == len(set(keys)) == 6 and all(r.info.status == "FINISHED" for r in runs)
