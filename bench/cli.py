@@ -39,7 +39,7 @@ def _cell_tags(suite, cell) -> dict[str, str]:
         "seed": str(cfg.seed),
         # the seeds of one defense setting share this tag: "Group by" it in the MLflow UI to see
         # mean and spread over seeds (the hash keeps apart settings whose readable labels match)
-        "setting": f"{cfg.setting_label()} · {cfg.setting_key[:6]}",
+        "setting": f"{cell.setting} · {cfg.setting_key[:6]}",
     }
 
 

@@ -33,14 +33,22 @@ class Cell:
 
     index: int
     config: ExperimentConfig
+    distinct: str = ""  # what sets this cell apart from its suite's others beyond data and defenses
 
     @property
     def run_key(self) -> str:
         return self.config.run_key
 
     @property
+    def setting(self) -> str:
+        """The run name without the seed: ``digits · dp_sgd(z=1.0) · model=cnn``."""
+        base = self.config.setting_label()
+        return f"{base} · {self.distinct}" if self.distinct else base
+
+    @property
     def name(self) -> str:
-        return self.config.label()
+        """The MLflow run name: the setting and the seed."""
+        return f"{self.setting} · seed {self.config.seed}"
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,37 @@ def _variants(raw: Any) -> list[list[tuple[str, Any]]]:
     return out
 
 
+# keys tried first when two cells would share a run name; then every other varying key
+_FIRST = ("model.name", "attacks", "data.members_per_site", "data.partition", "data.num_sites")
+
+
+def _distinct_suffixes(configs: Sequence[ExperimentConfig]) -> list[str]:
+    """For each config, the fewest ``key=value`` pairs that keep its run name unique.
+
+    Names read ``<dataset> · <defenses> · seed N``; cells that would collide on that (e.g. the
+    same defense with two models, or with two attack sets) get the params that tell them apart,
+    chosen greedily: a key is added only if it splits the colliding group further."""
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i, c in enumerate(configs):
+        groups.setdefault((c.setting_label(), c.seed), []).append(i)
+    flats = [c.flat_params() for c in configs]
+    out = [""] * len(configs)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        keys = sorted({k for i in members for k in flats[i]} - {"seed"}, key=lambda k: (k not in _FIRST, _FIRST.index(k) if k in _FIRST else 0, k))
+        chosen: list[str] = []
+        for k in keys:
+            signature = lambda i, ks: tuple(flats[i].get(x, "-") for x in ks)  # noqa: E731
+            if len({signature(i, chosen + [k]) for i in members}) > len({signature(i, chosen) for i in members}):
+                chosen.append(k)
+            if len({signature(i, chosen) for i in members}) == len(members):
+                break
+        for i in members:
+            out[i] = ", ".join(f"{k}={flats[i].get(k, '-')}" for k in chosen)
+    return out
+
+
 def build_suite(raw: Any, overrides: Sequence[str] = (), source: str = "suite") -> Suite:
     """Expand and validate every cell. Raises :class:`ConfigError` on the first problem."""
     raw = _check_top(raw, source)
@@ -132,6 +171,8 @@ def build_suite(raw: Any, overrides: Sequence[str] = (), source: str = "suite") 
                     continue  # identical cells (e.g. a grid value equal to the base) run once
                 seen[cfg.run_key] = len(cells)
                 cells.append(Cell(index=len(cells), config=cfg))
+    suffixes = _distinct_suffixes([c.config for c in cells])
+    cells = [Cell(c.index, c.config, sfx) for c, sfx in zip(cells, suffixes)]
     source_dict = dict(raw)
     if sets:
         source_dict["overrides"] = [f"{k}={v}" for k, v in sets]
