@@ -50,8 +50,12 @@ def federation_facts(fed: Federation, train_cfg, privacy_cfg, n_params: int) -> 
     )
 
 
-def _payload_bytes(update: torch.Tensor) -> float:
-    return float(update.numel() * update.element_size())
+def payload_bytes(update: torch.Tensor) -> float:
+    """Bytes a hospital sends for ``update``: dense, or as (int32 index, value) pairs when that is
+    smaller — so sparsification's saving shows up in ``cost/bytes_per_client``."""
+    dense = update.numel() * update.element_size()
+    sparse = int(torch.count_nonzero(update)) * (update.element_size() + 4)
+    return float(min(dense, sparse))
 
 
 def run_federated(
@@ -126,7 +130,7 @@ def run_federated(
             aggregate = d.transform_aggregate(aggregate, sctx)
         new_params = global_params + train_cfg.server_lr * aggregate
         utility = utility_metrics(eval_model, new_params, fed) if evaluate else {}
-        bytes_pc = float(np.mean([_payload_bytes(u) for u in updates.values()]))
+        bytes_pc = float(np.mean([payload_bytes(u) for u in updates.values()]))
         if aggregator is not None:
             bytes_pc = float(aggregator.metrics().get("cost/bytes_per_client", bytes_pc))
         record = RoundRecord(
