@@ -43,12 +43,12 @@ def _cell_tags(suite, cell) -> dict[str, str]:
     }
 
 
-def _summary_table(rows: list[tuple[str, str, Optional[float], Optional[float], Optional[float], float]]) -> str:
-    head = ("cell", "status", "test_acc", "epsilon", "best MIA AUC", "seconds")
+def _summary_table(rows: list[tuple[str, str, Optional[float], Optional[float], Optional[float], Optional[float], float]]) -> str:
+    head = ("cell", "status", "test_acc", "epsilon", "best MIA AUC", "best PSNR dB", "seconds")
     lines = [head]
-    for name, status, acc, eps, auc, secs in rows:
-        f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-        lines.append((name, status, f(acc), f(eps), f(auc), f"{secs:.1f}"))
+    for name, status, acc, eps, auc, psnr, secs in rows:
+        f = lambda v, d=3: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
+        lines.append((name, status, f(acc), f(eps), f(auc), f(psnr, 1), f"{secs:.1f}"))
     widths = [max(len(r[i]) for r in lines) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in lines)
 
@@ -80,8 +80,11 @@ def cmd_list(args) -> int:
 
 
 def _finished_row(name: str, m) -> tuple:
-    aucs = [v for k, v in m.items() if k.startswith("attack/") and k.endswith("/auc")]
-    return (name, "FINISHED", m.get("utility/test_accuracy"), m.get("privacy/epsilon"), max(aucs) if aucs else None, m.get("cost/seconds", 0.0))
+    def best(suffix: str) -> Optional[float]:  # the strongest attack of a family (oracle_* excluded)
+        vals = [v for k, v in m.items() if k.startswith("attack/") and k.endswith(suffix) and "/oracle_" not in k]
+        return max(vals) if vals else None
+
+    return (name, "FINISHED", m.get("utility/test_accuracy"), m.get("privacy/epsilon"), best("/auc"), best("/psnr"), m.get("cost/seconds", 0.0))
 
 
 def _log_cell_error(name: str, exc: BaseException, verbose: bool) -> None:
@@ -109,7 +112,7 @@ def _run_here(args, suite, todo, tracker, bar, rows: dict) -> int:
             raise
         except Exception as exc:  # a crashing cell ends FAILED and the suite goes on
             failed += 1
-            rows[cell.index] = (cell.name, "FAILED", None, None, None, 0.0)
+            rows[cell.index] = (cell.name, "FAILED", None, None, None, None, 0.0)
             _log_cell_error(cell.name, exc, args.verbose)
         finally:
             rounds.close()
@@ -132,7 +135,7 @@ def _run_elsewhere(args, suite, todo, tracker, bar, rows: dict, executor) -> int
             raise
         except Exception as exc:  # the cell's own error (run ended FAILED) or a failed write
             failed += 1
-            rows[outcome.task.index] = (name, "FAILED", None, None, None, outcome.seconds)
+            rows[outcome.task.index] = (name, "FAILED", None, None, None, None, outcome.seconds)
             _log_cell_error(name, exc, args.verbose)
         bar.set_postfix_str(name[:60])
         bar.update(1)
@@ -188,6 +191,8 @@ def cmd_run(args) -> int:
     bar.close()
     tracker.end_suite("FAILED" if failed else "FINISHED")
     print(_summary_table([rows[i] for i in sorted(rows)]))
+    where = "" if args.tracking_uri is None and "MLFLOW_TRACKING_URI" not in os.environ else f" --tracking-uri {tracker.uri}"
+    print(f"next: `privbench ui{where}` to compare the runs, `privbench report --suite {suite.name}{where}` for the figures")
     if failed:
         print(f"{failed} cell(s) FAILED (see the 'error' tag of each run); run the same command again to retry them", file=sys.stderr)
         return EXIT_FAILED_CELLS
