@@ -116,7 +116,7 @@ def _variants(raw: Any) -> list[list[tuple[str, Any]]]:
 
 
 # keys tried first when two cells would share a run name; then every other varying key
-_FIRST = ("model.name", "attacks", "data.members_per_site", "data.partition", "data.num_sites")
+_FIRST = ("model.name", "attacks", "data.members_per_site", "data.num_sites", "data.partition")
 
 
 def _distinct_suffixes(configs: Sequence[ExperimentConfig]) -> list[str]:
