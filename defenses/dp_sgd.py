@@ -1,8 +1,8 @@
 """``dp_sgd``: record-level differential privacy inside each hospital (DP-SGD with Opacus).
 
 Abadi et al., "Deep Learning with Differential Privacy", CCS 2016; implementation by Opacus
-(``GradSampleModule`` for per-sample gradients, ``DPOptimizer`` for clipping and noise,
-``UniformWithReplacementSampler`` for Poisson sampling).
+(``GradSampleModule`` for per-sample gradients, ``DPOptimizer`` for clipping and noise;
+Poisson batches drawn exactly as Opacus's ``UniformWithReplacementSampler`` draws them).
 """
 
 from __future__ import annotations
@@ -88,7 +88,6 @@ class DPTrainer:
         from opacus import GradSampleModule
         from opacus.grad_sample import GradSampleModuleExpandedWeights
         from opacus.optimizers import DPOptimizer
-        from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
         self.model: nn.Module = plain.model
         self.data = plain.data
@@ -134,15 +133,15 @@ class DPTrainer:
             else:
                 self.module = GradSampleModule(self.model, loss_reduction="mean")
             self.optimizer = DPOptimizer(base_opt, **opt_kw)
-        self.sampler = UniformWithReplacementSampler(
-            num_samples=n, sample_rate=self.sample_rate, steps=self.round_steps
-        )
 
     def _batches(self, generator: torch.Generator):
         if self.sampling == "poisson":
-            self.sampler.generator = generator
-            for indices in self.sampler:
-                yield torch.as_tensor(indices, dtype=torch.long)
+            # Poisson sampling exactly as Opacus's ``UniformWithReplacementSampler`` draws it
+            # (one ``torch.rand(n) < q`` mask per step from the same generator, interleaved with
+            # the noise draws in the same order), without its list round trip per step.
+            n, q = self.n, self.sample_rate
+            for _ in range(self.round_steps):
+                yield (torch.rand(n, generator=generator) < q).nonzero().view(-1)
             return
         # "shuffle": exactly PlainTrainer's order (same generator calls), for equivalence tests
         b = self.settings.batch_size
