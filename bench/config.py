@@ -6,6 +6,7 @@ raw dicts: everything is validated here, at load time, before anything trains or
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -169,6 +170,8 @@ def _parse_specs(kind: str, raw: Any, path: str) -> tuple[ComponentSpec, ...]:
             raise ConfigError(f"{where}: got {item!r}; expected a mapping with a 'name' key")
         name = item["name"]
         reg = registry(kind)
+        if not isinstance(name, str):
+            raise ConfigError(f"{where}.name: got {name!r}; expected the name of a {kind}, one of {', '.join(reg.names())}")
         if name not in reg:
             raise ConfigError(f"{where}.name: {reg.unknown_message(name)}")
         cls = component_class(kind, name)
@@ -197,7 +200,7 @@ def set_path(raw: dict, dotted: str, value: Any) -> dict:
     keys = dotted.split(".")
     if not all(keys):
         raise ConfigError(f"override {dotted!r}: empty key in path; write it like train.lr=0.05")
-    out = json.loads(json.dumps(raw))  # deep copy of plain YAML data
+    out = copy.deepcopy(raw)  # YAML data may hold dates or shared (aliased) nodes: no JSON round trip
     node = out
     for k in keys[:-1]:
         child = node.get(k)
@@ -221,11 +224,32 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"--set {text!r}: the value is not valid YAML") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (safe_load keeps the
+    last one silently, so a second ``base:`` block would quietly replace the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                continue  # unhashable keys are refused later, by the schema
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice in one mapping; keep one", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str) -> Any:
-    """Read a YAML file with ``yaml.safe_load``; errors name the file and line."""
+    """Read a YAML file safely (no object construction, duplicate keys refused); errors name
+    the file and line."""
     try:
         with open(path, encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
+            return yaml.load(fh, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found; pass the path of a suite YAML, e.g. experiments/quick.yaml") from None
     except IsADirectoryError:

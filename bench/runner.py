@@ -152,7 +152,8 @@ def run_cell(cfg: ExperimentConfig, out: CellLog, on_round: Optional[Callable[[R
     tags.update(audit_tags)
     metrics["cost/seconds"] = time.perf_counter() - t0
     finite = {k: v for k, v in metrics.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
-    out.metrics(finite, step=cfg.train.rounds)
+    # the last round's utility is already logged at step=rounds: log it once, not twice
+    out.metrics({k: v for k, v in finite.items() if k not in record.rounds[-1].utility}, step=cfg.train.rounds)
     out.tags(tags)
     return CellResult(name=cfg.label(), run_key=cfg.run_key, metrics=finite, tags=tags, record=record)
 

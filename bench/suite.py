@@ -62,6 +62,8 @@ class Suite:
 def _check_top(raw: Any, path: str) -> dict:
     import difflib
 
+    if raw is None:
+        raise ConfigError(f"{path}: the file is empty; a suite needs at least `suite: <name>` and `base:` (see experiments/quick.yaml)")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with keys {', '.join(SUITE_KEYS)}")
     for key in raw:

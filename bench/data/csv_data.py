@@ -45,7 +45,17 @@ def load_csv(cfg) -> RawData:
         if name in (cfg.site_column, cfg.label_column):
             continue
         s = df[name]
-        if name in cfg.categorical_columns or s.dtype == object or str(s.dtype) in ("string", "str", "category"):
+        textual = s.dtype == object or str(s.dtype) in ("string", "str", "category")
+        if textual and name not in cfg.categorical_columns:
+            # a numeric column with a stray text cell ("120 mmHg") is a data error, not a category
+            as_number = pd.to_numeric(s, errors="coerce")
+            text = s.notna() & as_number.isna()
+            if as_number.notna().any() and text.any():
+                raise ConfigError(
+                    f"data.path: column {name!r} mixes numbers and text (e.g. {s[text].iloc[0]!r}); "
+                    "fix the value or list the column in data.categorical_columns"
+                )
+        if name in cfg.categorical_columns or textual:
             cats = sorted(s.dropna().astype(str).unique())
             codes = s.astype(str).map({v: float(i) for i, v in enumerate(cats)}).where(s.notna()).to_numpy(np.float64)
             columns.append(Column(str(name), "categorical", tuple(float(i) for i in range(len(cats))), tuple(cats)))

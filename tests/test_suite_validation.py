@@ -1,0 +1,254 @@
+"""Malformed suites through the real CLI (``python -m bench``) as a subprocess.
+
+The contract (bench/cli.py, DESIGN.md "Config"): bad input ends with exit code 2 and exactly
+one line on stderr, no traceback, naming the offending key path and value and what is
+allowed (with a "did you mean" for typos); ``run`` logs nothing to MLflow.
+
+The cases the validation contract is about each run in their own process (``python -m bench``);
+the processes run concurrently in one module fixture so that their ~2 s start-up (torch) does
+not add up. Further variations (ids ``inproc-*``) call the same entry point,
+``bench.cli.main``, inside this process, with an uncaught exception turned into a traceback
+and exit code 1 as the interpreter would, to keep the default test run fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import os
+import sqlite3
+import subprocess
+import sys
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from attacks import ATTACKS
+from defenses import DEFENSES
+
+REPO = Path(__file__).resolve().parents[1]
+
+GOOD = {
+    "suite": "bad_input",
+    "description": "a valid suite that each case breaks in one place",
+    "base": {
+        "data": {"name": "breast_cancer", "partition": "iid", "num_sites": 3},
+        "model": {"name": "logreg"},
+        "train": {"rounds": 2, "local_epochs": 1, "batch_size": 16, "lr": 0.1},
+        "attacks": [{"name": "loss_threshold"}],
+    },
+    "seeds": [0],
+}
+
+# an attack that needs each hospital's update, and a defense that shows the server only the sum
+NEEDS_UPDATES = next(n for n, c in ATTACKS.items() if c.needs_individual_updates)
+HIDES_UPDATES = next(n for n, c in DEFENSES.items() if c.hides_updates)
+
+
+def suite(*edits) -> str:
+    """YAML of GOOD after applying ``(dotted.path, value)`` edits (value ``DELETE`` removes the key)."""
+    raw = copy.deepcopy(GOOD)
+    for path, value in edits:
+        keys = path.split(".")
+        node = raw
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    return yaml.safe_dump(raw, sort_keys=False)
+
+
+def renamed(old: str, new: str) -> str:
+    """GOOD with top-level key ``old`` renamed to ``new`` (keeps its value)."""
+    raw = copy.deepcopy(GOOD)
+    raw[new] = raw.pop(old)
+    return yaml.safe_dump(raw, sort_keys=False)
+
+
+def nested_renamed(section: str, old: str, new: str) -> str:
+    raw = copy.deepcopy(GOOD)
+    sec = raw["base"][section]
+    sec[new] = sec.pop(old)
+    return yaml.safe_dump(raw, sort_keys=False)
+
+
+MISSING = object()  # the suite path does not exist
+IN_PROCESS = "inproc-"  # id prefix of the cases run through bench.cli.main in this process
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    text: object  # YAML text, raw bytes, or MISSING
+    expect: tuple[str, ...]  # substrings the one stderr line must contain
+    command: str = "validate"
+    args: tuple[str, ...] = ()
+
+
+GOOD_TEXT = yaml.safe_dump(GOOD, sort_keys=False)
+
+CASES = [
+    # ---- unknown keys, with a "did you mean"
+    Case("top_level_typo", renamed("seeds", "sedes"), ("sedes", "unknown", "did you mean 'seeds'", "allowed")),
+    Case(IN_PROCESS + "top_level_with_space", renamed("seeds", "seed s"), ("seed s", "did you mean 'seeds'")),
+    Case("nested_typo", nested_renamed("train", "rounds", "round"), ("train.round", "unknown key", "did you mean 'rounds'")),
+    # ---- types and ranges
+    Case("wrong_type", suite(("base.train.rounds", "ten")), ("train.rounds", "'ten'", "integer")),
+    Case("negative_lr", suite(("base.train.lr", -1)), ("train.lr", "-1", "> 0")),
+    Case(IN_PROCESS + "zero_sites", suite(("base.data.num_sites", 0)), ("data.num_sites", "0", ">= 1")),
+    Case(IN_PROCESS + "bad_literal", suite(("base.privacy", {"accountant": "rpd"})), ("privacy.accountant", "'rpd'", "rdp", "did you mean 'rdp'")),
+    # ---- unknown component names: the registry lists what is allowed
+    Case("unknown_dataset", suite(("base.data.name", "breast_cancr")),
+         ("data.name", "'breast_cancr'", "did you mean 'breast_cancer'", "digits", "heart_disease")),
+    Case(IN_PROCESS + "unknown_model", suite(("base.model.name", "resnet")), ("model.name", "'resnet'", "logreg", "mlp", "cnn")),
+    Case("unknown_defense", suite(("base.defenses", [{"name": "dp_sgdd"}])),
+         ("defenses[0].name", "'dp_sgdd'", "did you mean 'dp_sgd'", "clipping")),
+    Case("unknown_attack", suite(("base.attacks", [{"name": "loss_treshold"}])),
+         ("attacks[0].name", "'loss_treshold'", "did you mean 'loss_threshold'")),
+    # ---- a defense's own parameters
+    Case("defense_param_range", suite(("base.defenses", [{"name": "clipping", "max_norm": -1}])),
+         ("defenses.clipping.max_norm", "-1", "> 0")),
+    Case(IN_PROCESS + "defense_param_unknown", suite(("base.defenses", [{"name": "clipping", "max_nrm": 1.0}])),
+         ("defenses.clipping.max_nrm", "did you mean 'max_norm'")),
+    # ---- a combination that cannot work: refused before anything trains
+    Case("hidden_updates",
+         suite(("base.defenses", [{"name": HIDES_UPDATES}]), ("base.attacks", [{"name": NEEDS_UPDATES}])),
+         (NEEDS_UPDATES, HIDES_UPDATES, "individual update")),
+    Case(IN_PROCESS + "hidden_updates_in_grid",  # names the grid cell that breaks it
+         suite(("base.attacks", [{"name": NEEDS_UPDATES}]), ("grid", {"defenses": [[], [{"name": HIDES_UPDATES}]]})),
+         (NEEDS_UPDATES, HIDES_UPDATES, "in cell", "defenses=")),
+    # ---- the file itself
+    Case("yaml_syntax", "suite: x\nbase:\n  data: {name: breast_cancer\n  model: {name: logreg}\n",
+         ("yaml_syntax.yaml", "line 4", "YAML")),
+    Case("missing_file", MISSING, ("missing_file.yaml", "not found")),
+    Case("empty_file", "", ("empty_file.yaml", "empty", "suite")),
+    Case(IN_PROCESS + "not_a_mapping", "- suite: x\n", ("not_a_mapping.yaml", "mapping")),
+    # ---- grid keys are config paths too
+    Case("grid_unknown_key", suite(("grid", {"train.roundz": [1, 2]})), ("train.roundz", "did you mean 'rounds'", "in cell")),
+    Case(IN_PROCESS + "grid_not_a_list", suite(("grid", {"train.lr": 0.1})), ("grid.train.lr", "0.1", "list")),
+    # ---- --set overrides
+    Case("set_bad_path", GOOD_TEXT, ("trian", "did you mean 'train'"), args=("--set", "trian.lr=0.1")),
+    Case(IN_PROCESS + "set_not_a_section", GOOD_TEXT, ("train.rounds.x", "not a section"), args=("--set", "train.rounds.x=1")),
+    Case(IN_PROCESS + "set_no_equals", GOOD_TEXT, ("train.lr", "key.path=value"), args=("--set", "train.lr")),
+    Case("set_bad_yaml", GOOD_TEXT, ("train.lr=[1", "YAML"), args=("--set", "train.lr=[1")),
+    Case(IN_PROCESS + "set_bad_value", GOOD_TEXT, ("train.lr", "-0.5", "> 0"), args=("--set", "train.lr=-0.5")),
+    # ---- `run` validates everything before it logs anything
+    Case("run_wrong_type", suite(("base.train.rounds", "ten")), ("train.rounds", "'ten'", "integer"), command="run"),
+    Case("run_hidden_updates",
+         suite(("base.defenses", [{"name": HIDES_UPDATES}]), ("base.attacks", [{"name": NEEDS_UPDATES}])),
+         (NEEDS_UPDATES, HIDES_UPDATES), command="run"),
+    Case("run_unknown_defense", suite(("base.defenses", [{"name": "dp_sgdd"}])), ("defenses[0].name", "'dp_sgdd'"), command="run"),
+    Case("run_set_bad_path", GOOD_TEXT, ("trian", "did you mean 'train'"), command="run", args=("--set", "trian.lr=0.1")),
+    # ---- formerly bugs (tracebacks / silent acceptance), now one-line errors
+    Case(IN_PROCESS + "component_name_not_a_string", suite(("base.defenses", [{"name": ["clipping"]}])), ("defenses[0].name",)),
+    Case(IN_PROCESS + "yaml_date_value", GOOD_TEXT.replace("lr: 0.1", "lr: 2024-01-01"), ("train.lr", "number")),
+    Case(IN_PROCESS + "duplicate_yaml_key",
+         GOOD_TEXT + "base:\n  data: {name: digits}\n",  # a second `base:` would silently replace the first
+         ("base", "twice")),  # e.g. "line 12: key 'base' given twice in one mapping"
+]
+RUN_IDS = [c.id for c in CASES if c.command == "run"]
+
+
+@dataclass
+class Outcome:
+    case: Case
+    returncode: int
+    stdout: str
+    stderr: str
+    db: Path
+    suite_path: Path
+
+
+def _invoke(case: Case, root: Path) -> Outcome:
+    work = root / case.id
+    work.mkdir()
+    path = work / f"{case.id}.yaml"
+    if case.text is not MISSING:
+        path.write_text(case.text, encoding="utf-8")
+    db = work / "store" / "mlflow.db"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{db}", "PYTHONIOENCODING": "utf-8"}
+    argv = [sys.executable, "-m", "bench", case.command, str(path), *case.args]
+    if case.command == "run":
+        argv.append("-q")
+    if not case.id.startswith(IN_PROCESS):
+        proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        return Outcome(case, proc.returncode, proc.stdout, proc.stderr, db, path)
+    return Outcome(case, *_in_process(argv[3:]), db, path)
+
+
+def _in_process(argv: list[str]) -> tuple[int, str, str]:
+    """``python -m bench argv`` without a new interpreter: exit code, stdout, stderr."""
+    from bench.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except Exception:  # what the interpreter does with an uncaught exception
+            traceback.print_exc(file=err)
+            code = 1
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory) -> dict[str, Outcome]:
+    root = tmp_path_factory.mktemp("bad_suites")
+    workers = max(2, min(8, 2 * (os.cpu_count() or 1)))
+    procs = [c for c in CASES if not c.id.startswith(IN_PROCESS)]
+    with ThreadPoolExecutor(workers) as pool:
+        done = {o.case.id: o for o in pool.map(lambda c: _invoke(c, root), procs)}
+    done.update({c.id: _invoke(c, root) for c in CASES if c.id.startswith(IN_PROCESS)})
+    return done
+
+
+@pytest.mark.parametrize("case_id", [c.id for c in CASES])
+def test_bad_input_is_one_line_exit_2(outcomes, case_id):
+    o = outcomes[case_id]
+    assert o.returncode == 2, f"exit {o.returncode}\nstdout: {o.stdout}\nstderr: {o.stderr}"
+    assert "Traceback" not in o.stderr
+    lines = o.stderr.splitlines()
+    assert len(lines) == 1, f"expected exactly one line on stderr, got {len(lines)}:\n{o.stderr}"
+    line = lines[0]
+    for needle in o.case.expect:
+        assert needle in line, f"{needle!r} missing from: {line}"
+    assert o.stdout == "", f"nothing should be printed before the error, got: {o.stdout!r}"
+
+
+def test_there_are_enough_cases():
+    """At least 12 malformed suite files through a real subprocess, and a few through `run`."""
+    files = [c for c in CASES if isinstance(c.text, str) and not c.args and not c.id.startswith(IN_PROCESS)]
+    assert len(files) >= 12
+    assert len([i for i in RUN_IDS if not i.startswith(IN_PROCESS)]) >= 3
+
+
+def _run_count(db: Path) -> int:
+    with sqlite3.connect(db) as con:
+        return con.execute("select count(*) from runs").fetchone()[0]
+
+
+@pytest.mark.parametrize("case_id", RUN_IDS)
+def test_run_with_bad_input_logs_nothing(outcomes, case_id):
+    o = outcomes[case_id]
+    assert o.returncode == 2, o.stderr
+    # nothing logged: the store was never opened (no file), or it holds no run at all
+    if o.db.exists():
+        assert _run_count(o.db) == 0
+    store = o.db.parent
+    assert not (store / "artifacts").exists(), "artifacts were written for a suite that never ran"
+    assert not (o.suite_path.parent / "mlruns").exists()
+
+
+def test_the_valid_suite_is_valid():
+    """The cases break GOOD in one place each: GOOD itself (and each --set base) must pass."""
+    from bench.suite import build_suite
+
+    assert len(build_suite(yaml.safe_load(GOOD_TEXT)).cells) == 1
+    for c in CASES:
+        if c.text is GOOD_TEXT:
+            assert len(build_suite(yaml.safe_load(c.text)).cells) == 1
