@@ -151,6 +151,10 @@ def cmd_run(args) -> int:
     from bench.tracking import MlflowTracker
 
     suite = filter_cells(load_suite(args.suite, args.set), args.only)  # all validation happens here
+    if args.executor == "local":  # (Ray nodes hold their own copy of the data; this machine may not)
+        from bench.data import check_data
+
+        check_data(c.config for c in suite.cells)  # missing or broken data fails here, before anything is logged
     executor = None
     if args.executor != "local" or args.workers not in (None, 1) or args.address:
         executor = make_executor(args.executor, args.workers, args.address)  # bad options fail before logging

@@ -142,6 +142,12 @@ CASES = [
          suite(("base.defenses", [{"name": HIDES_UPDATES}]), ("base.attacks", [{"name": NEEDS_UPDATES}])),
          (NEEDS_UPDATES, HIDES_UPDATES), command="run"),
     Case("run_unknown_defense", suite(("base.defenses", [{"name": "dp_sgdd"}])), ("defenses[0].name", "'dp_sgdd'"), command="run"),
+    # data problems are found before anything is logged too (not as one FAILED run per cell)
+    Case(IN_PROCESS + "run_heart_data_missing",
+         suite(("base.data", {"name": "heart_disease", "partition": "natural", "data_dir": "/nonexistent/privbench-heart"})),
+         ("data.data_dir", "/nonexistent/privbench-heart", "processed."), command="run"),
+    Case(IN_PROCESS + "run_hospitals_too_small",
+         suite(("base.data.num_sites", 200)), ("data.num_sites", "use fewer hospitals"), command="run"),
     Case("run_set_bad_path", GOOD_TEXT, ("trian", "did you mean 'train'"), command="run", args=("--set", "trian.lr=0.1")),
     # ---- formerly bugs (tracebacks / silent acceptance), now one-line errors
     Case(IN_PROCESS + "component_name_not_a_string", suite(("base.defenses", [{"name": ["clipping"]}])), ("defenses[0].name",)),

@@ -102,3 +102,19 @@ def build_federation(cfg, seeds: Seeds) -> tuple[Federation, GroundTruth]:
     )
     fed = Federation(info=info, sites=sites, test=test, candidates=candidates, population=candidates)
     return fed, truth
+
+
+def check_data(configs) -> None:
+    """Load and split the data of every distinct (data config, seed) among ``configs`` once.
+
+    The CLI calls this before it logs anything, so missing files, a bad checksum, a broken
+    CSV or hospitals too small to split fail as one error up front instead of as one FAILED
+    run per cell. Raises :class:`ConfigError` naming the first failing setting.
+    """
+    seen = set()
+    for cfg in configs:
+        key = (cfg.data, cfg.seed)
+        if key in seen:
+            continue
+        seen.add(key)
+        build_federation(cfg.data, Seeds(cfg.seed))

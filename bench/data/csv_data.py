@@ -7,12 +7,15 @@ Columns other than site and label are features. Text columns and the columns nam
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from bench.data.table import Column, RawData
 from bench.types import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def load_csv(cfg) -> RawData:
@@ -33,7 +36,10 @@ def load_csv(cfg) -> RawData:
     unknown = [c for c in cfg.categorical_columns if c not in df.columns]
     if unknown:
         raise ConfigError(f"data.categorical_columns: {unknown[0]!r} is not a column of {path.name}")
-    df = df.dropna(subset=[cfg.label_column, cfg.site_column])
+    kept = df.dropna(subset=[cfg.label_column, cfg.site_column])
+    if len(kept) < len(df):
+        log.warning("data.path: %d of %d rows of %s have no %s or no %s and are left out", len(df) - len(kept), len(df), path.name, cfg.site_column, cfg.label_column)
+    df = kept
     labels = sorted(df[cfg.label_column].astype(str).unique())
     if len(labels) < 2:
         raise ConfigError(f"data.label_column: {cfg.label_column!r} has fewer than 2 classes; a classifier needs at least 2")
