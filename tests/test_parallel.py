@@ -23,15 +23,13 @@ from conftest import tiny_raw
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _suite_file(tmp_path: Path, seeds=(0, 1), rounds: int = 3, variants=None, name: str = "par") -> str:
+def _suite_file(tmp_path: Path, seeds=(0, 1), rounds: int = 3, name: str = "par", defenses=None) -> str:
     raw = {
         "suite": name,
         "base": tiny_raw(train__rounds=rounds),
-        "grid": {"defenses": [[], [{"name": "clipping", "max_norm": 0.5}]]},
+        "grid": {"defenses": defenses or [[], [{"name": "clipping", "max_norm": 0.5}]]},
         "seeds": list(seeds),
     }
-    if variants:
-        raw["variants"] = variants
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return str(path)
@@ -141,8 +139,8 @@ def test_workers_2_gives_the_same_runs_as_workers_1_and_resume_skips_them(tmp_pa
     assert len(h1) == 4 and set(h1) == set(h2)
     for key in h1:
         assert h1[key] == h2[key], key
-        # each round once, plus the runner's final summary at step=rounds: nothing lost, nothing doubled
-        assert [s for s, _ in h2[key]["utility/test_accuracy"]] == [1, 2, 3, 3]
+        # each round once: nothing lost, nothing doubled
+        assert [s for s, _ in h2[key]["utility/test_accuracy"]] == [1, 2, 3]
     _, runs = _cell_runs(uri2, "par")
     keys = [r.data.tags["run_key"] for r in runs]
     assert len(keys) == len(set(keys)) == 4  # no duplicate, no missing run
@@ -153,14 +151,14 @@ def test_workers_2_gives_the_same_runs_as_workers_1_and_resume_skips_them(tmp_pa
 
 @pytest.mark.slow
 def test_a_failing_cell_in_a_worker_ends_failed_and_the_others_finish(tmp_path):
-    bad = {"data.name": "heart_disease", "data.partition": "natural", "data.data_dir": str(tmp_path / "missing"), "model.name": "logreg"}
-    suite = _suite_file(tmp_path, seeds=(0,), variants=[{}, bad], name="mixed")
+    # fails mid-training, inside the worker: 2 of 3 hospitals drop out, below secure aggregation's t = 2
+    suite = _suite_file(tmp_path, seeds=(0, 1), name="mixed", defenses=[[], [{"name": "secure_aggregation", "dropout_fraction": 0.67}]])
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     assert main(["run", suite, "--tracking-uri", uri, "-q", "--workers", "2"]) == 1
     _, runs = _cell_runs(uri, "mixed")
-    status = sorted((r.data.tags["dataset"], r.info.status) for r in runs)
-    assert status == [("breast_cancer", "FINISHED")] * 2 + [("heart_disease", "FAILED")] * 2
-    assert all("data.data_dir" in r.data.tags["error"] for r in runs if r.info.status == "FAILED")
+    status = sorted((r.data.tags["defenses"], r.info.status) for r in runs)
+    assert status == [("none", "FINISHED")] * 2 + [("secure_aggregation", "FAILED")] * 2
+    assert all("secure aggregation aborted" in r.data.tags["error"] for r in runs if r.info.status == "FAILED")
 
 
 @pytest.mark.slow
