@@ -124,8 +124,9 @@ def run_federated(
             weights = {n: sizes[n] / total for n in participants}
         sctx = ServerContext(round=r, participants=participants, generator=seeds.torch("server", r))
         t_agg = time.perf_counter()
-        aggregate = aggregator.aggregate(updates, weights, sctx) if aggregator else weighted_sum(updates, weights)
+        summed = aggregator.aggregate(updates, weights, sctx) if aggregator else weighted_sum(updates, weights)
         agg_seconds = time.perf_counter() - t_agg
+        aggregate = summed
         for d in reversed(defenses):  # server hooks in reverse order
             aggregate = d.transform_aggregate(aggregate, sctx)
         new_params = global_params + train_cfg.server_lr * aggregate
@@ -140,7 +141,7 @@ def run_federated(
             weights=weights,
             updates=updates,
             updates_hidden=any(d.hides_updates for d in defenses),
-            aggregate=aggregate,
+            aggregate=summed,  # what the server knows: it adds its own noise after this
             disclosures=disclosures,
             utility=utility,
             seconds=time.perf_counter() - t_round,

@@ -208,7 +208,9 @@ class RoundRecord:
 
     ``updates`` are the vectors each hospital sent (after client-side defenses). When a
     defense hides individual updates (secure aggregation), ``updates_hidden`` is True and
-    only ``aggregate`` may reach the server's view.
+    only ``aggregate`` may reach the server's view. ``aggregate`` is the weighted sum the
+    server computed *before* its own hooks (e.g. client_dp's central noise): the server
+    adds that noise itself, so a curious server knows the clean sum.
     """
 
     round: int

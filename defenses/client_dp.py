@@ -49,6 +49,16 @@ def next_clip(clip: float, noisy_fraction_unclipped: float, target_quantile: flo
     return clip * math.exp(-lr * (noisy_fraction_unclipped - target_quantile))
 
 
+def _refuse_partial_participation(per_round: Optional[int], num_sites: int) -> None:
+    # The accountant models Poisson sampling of hospitals; the engine picks exactly m of them
+    # without replacement, whose replace-one sensitivity is 2C/m: the ε would be wrong.
+    if per_round is not None and per_round < num_sites:
+        raise ConfigError(
+            f"train.sites_per_round: got {per_round} of {num_sites} hospitals; client_dp accounts Poisson sampling "
+            "of hospitals, which the engine does not do; let every hospital join every round (remove train.sites_per_round)"
+        )
+
+
 @DEFENSES.register("client_dp")
 class ClientDP(Defense):
     """Client-level DP-FedAvg: each hospital's update is clipped, Gaussian noise is added to the mean.
@@ -58,9 +68,10 @@ class ClientDP(Defense):
     (server) adds N(0, (σ·C/m)²) to the uniform-weight mean of the m updates
     (``uniform_weights``: each hospital's influence is bounded by C/m). Privacy unit: one
     whole *hospital* (client). DP events: one ``poisson_gaussian`` event for the federation,
-    q = sites_per_round / num_sites, one step per round, population = num_sites. The engine
-    picks a fixed number of hospitals per round; it is accounted as Poisson sampling at the
-    same rate, as in McMahan et al. (exact when all hospitals join every round, q = 1).
+    q = sites_per_round / num_sites = 1, one step per round, population = num_sites. Every
+    hospital joins every round: partial participation is refused at load time, because the
+    engine picks exactly m hospitals without replacement, which the Poisson-sampling
+    accountant does not model.
     Hides nothing: the server sees each clipped (un-noised) update unless secure
     aggregation is also used — central DP trusts the server to add the noise.
 
@@ -94,6 +105,8 @@ class ClientDP(Defense):
             raise ConfigError("defenses.client_dp.clip_norm: got inf; client-level DP needs a finite clipping bound")
         if params.adaptive and params.clip_count_stddev is not None:
             update_noise_multiplier(params.noise_multiplier, params.clip_count_stddev)
+        if cfg.data.partition != "natural":  # (natural sites are counted in setup, once loaded)
+            _refuse_partial_participation(cfg.train.sites_per_round, cfg.data.num_sites)
 
     @classmethod
     def label(cls, params) -> str:
@@ -112,6 +125,7 @@ class ClientDP(Defense):
         self._tags: dict[str, str] = {}
 
     def setup(self, facts: FederationFacts) -> None:
+        _refuse_partial_participation(facts.sites_per_round, len(facts.site_names))
         self.facts = facts
         m = facts.sites_per_round
         if self.params.adaptive:

@@ -85,9 +85,9 @@ def test_adaptive_clip_tracks_the_target_quantile():
     assert next_clip(1.0, 0.5, 0.5, 0.2) == 1.0
 
 
-def test_events_are_client_level_with_site_sampling_rate():
+def test_events_are_client_level_with_every_hospital_each_round():
     raw = tiny_raw(defenses=[{"name": "client_dp", "noise_multiplier": 1.0, "clip_norm": 0.5}], attacks=[])
-    raw["train"].update(rounds=4, sites_per_round=2)
+    raw["train"].update(rounds=4)
     cfg = parse_experiment(raw)
     seeds = Seeds(0)
     fed, _ = build_federation(cfg.data, seeds)
@@ -95,12 +95,26 @@ def test_events_are_client_level_with_site_sampling_rate():
     rec = run_federated(fed, build_model(fed.info, cfg.model, seeds.torch("init")), [d], cfg.train, cfg.privacy, Seeds(0), evaluate=False)
     (e,) = rec.dp_events
     assert (e.unit, e.party, e.steps, e.population, e.noise_multiplier) == ("client", "federation", 4, 3, 1.0)
-    assert e.sample_rate == pytest.approx(2 / 3)
+    assert e.sample_rate == 1.0
     rep = account(rec.dp_events)
     assert rep.delta("client") == pytest.approx(1 / 30)
     assert rec.tags["dp_weak_guarantee"] == "true" and "3 hospitals" in rec.tags["dp_weak_guarantee_reason"]
     # uniform weights: each participant counts 1/m, whatever its size
-    assert all(set(r.weights.values()) == {0.5} for r in rec.rounds)
+    assert all(list(r.weights.values()) == pytest.approx([1 / 3] * 3) for r in rec.rounds)
+
+
+def test_partial_participation_is_refused_because_the_accountant_assumes_poisson_sampling(heart_data_dir):
+    # fixed-size selection without replacement is not what the Poisson accountant models
+    raw = tiny_raw(defenses=[{"name": "client_dp"}], attacks=[])
+    raw["train"].update(sites_per_round=2)
+    with pytest.raises(ConfigError, match="sites_per_round: got 2 of 3 hospitals"):
+        parse_experiment(raw)
+    # natural sites are only counted once loaded: refused when the defense is set up
+    raw = tiny_raw(defenses=[{"name": "client_dp"}], attacks=[],
+                   data={"name": "heart_disease", "partition": "natural", "data_dir": heart_data_dir})
+    raw["train"].update(sites_per_round=2)
+    with pytest.raises(ConfigError, match="sites_per_round: got 2 of 4 hospitals"):
+        run_in_memory(parse_experiment(raw))
 
 
 def test_zero_noise_aggregate_is_the_plain_mean_of_clipped_updates(tiny_cfg):
@@ -116,7 +130,7 @@ def test_zero_noise_aggregate_is_the_plain_mean_of_clipped_updates(tiny_cfg):
 
 def test_no_weak_tag_with_many_hospitals():
     d = ClientDP(ClientDP.Params())
-    d.setup(_facts(200, per_round=50))
+    d.setup(_facts(200))
     assert d.tags() == {}
 
 
@@ -149,3 +163,22 @@ def test_client_dp_composes_with_secure_aggregation(tiny_cfg):
     torch.testing.assert_close(b.final_params, a.final_params, rtol=0, atol=1e-6)
     assert a.dp_events == b.dp_events
     assert all(r.updates_hidden for r in b.rounds)
+
+
+def test_server_view_holds_the_clean_sum_because_the_server_adds_the_noise():
+    """Under client_dp + secure aggregation the curious server still knows the un-noised sum:
+    it adds the central noise itself. The view must not hide behind that noise."""
+    from bench.views import server_view
+
+    def record(z):
+        cfg = parse_experiment(tiny_raw(defenses=[{"name": "client_dp", "noise_multiplier": z, "clip_norm": 0.5}, {"name": "secure_aggregation"}], attacks=[]))
+        return run_in_memory(cfg).record, cfg
+
+    (quiet, _), (noisy, cfg) = record(0.0), record(5.0)
+    fed, _ = build_federation(cfg.data, Seeds(cfg.seed))
+    v0 = server_view(quiet, fed, lambda: None).rounds[0]
+    v1 = server_view(noisy, fed, lambda: None).rounds[0]
+    assert v1.updates is None  # secure aggregation hides each hospital's update
+    torch.testing.assert_close(v1.aggregate, v0.aggregate)  # round 1: same sum, noise not in it
+    step = noisy.rounds[1].global_params - noisy.rounds[0].global_params
+    assert float(torch.linalg.vector_norm(step - v1.aggregate)) > 0.1  # but the model moved by sum + noise
