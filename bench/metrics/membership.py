@@ -233,7 +233,8 @@ def canary_audit_metrics(output, truth, delta: float) -> dict[str, float]:
 
 
 def audit_verdict(metrics: dict, audit_names: list) -> tuple[dict[str, float], dict[str, str]]:
-    """``audit/epsilon_lower_bound`` (max over audit attacks) beside ``privacy/epsilon``.
+    """``audit/epsilon_lower_bound`` (max over audit attacks) beside the accountant's ε at the
+    audit's δ (``audit/accountant_epsilon``, else ``privacy/epsilon``).
 
     If the empirical lower bound exceeds the accountant's ε, something is wrong (the
     accountant, the mechanism or the audit): tag ``audit_violation=true`` and log an error.
@@ -243,7 +244,7 @@ def audit_verdict(metrics: dict, audit_names: list) -> tuple[dict[str, float], d
         return {}, {}
     lb = float(max(bounds))
     out = {"audit/epsilon_lower_bound": lb}
-    eps = metrics.get("privacy/epsilon")
+    eps = metrics.get("audit/accountant_epsilon", metrics.get("privacy/epsilon"))
     tags = {}
     if eps is not None and math.isfinite(eps):
         violated = lb > eps + 1e-9
