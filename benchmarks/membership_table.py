@@ -59,7 +59,7 @@ def main() -> None:
         print("| cell | seeds | ε (accountant) | audit ε lower bound | correct of guesses | violations |")
         print("|---|---|---|---|---|---|")
         for name, ms in sorted(audit.items()):
-            viol = sum(1 for m in ms if m.get("audit/epsilon_lower_bound", 0) > m.get("privacy/epsilon", float("inf")))
+            viol = sum(1 for m in ms if m.get("audit/epsilon_lower_bound", 0) > m.get("audit/accountant_epsilon", m.get("privacy/epsilon", float("inf"))))
             print(f"| {name} | {len(ms)} | {mean(ms, 'privacy/epsilon', 2)} | {mean(ms, 'audit/epsilon_lower_bound')} | "
                   f"{mean(ms, 'attack/canary_audit/correct', 1)} of {mean(ms, 'attack/canary_audit/guesses', 0)} | {viol} |")
 

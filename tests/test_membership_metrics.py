@@ -40,7 +40,7 @@ def test_random_scores_give_auc_half():
     assert abs(m["auc"] - 0.5) < 0.015
     # TPR at 1% FPR of a random guess is ~1%, and the interval covers it
     assert m["tpr_at_fpr_0.01_ci_low"] <= 0.01 <= m["tpr_at_fpr_0.01_ci_high"] + 0.005
-    assert m["epsilon_lower_bound"] < 0.15
+    assert m["roc_epsilon_heuristic"] < 0.15
 
 
 @pytest.mark.parametrize("k,n", [(0, 10), (3, 10), (10, 10), (1, 1000), (417, 1000), (999, 1000)])
