@@ -202,3 +202,21 @@ def test_vectorised_dp_sgd_clips_like_opacus():
     plain = train_many([sites], [8], INFO, cfg.model, cfg.train, cfg.privacy, [])
     assert torch.allclose(got[0], want, atol=1e-5)
     assert not torch.allclose(got, plain, atol=1e-3)  # clipping changed the result
+
+
+def test_online_lira_with_one_reference_per_side_uses_the_pooled_variance():
+    """K = 2: every record has one "in" and one "out" reference, so no per-record variance
+    exists; the score must use the pooled one, not blow up on a 1e-4 floor."""
+    from attacks.membership.lira import lira_scores
+    from bench.types import ReferenceSignals
+
+    rng = np.random.default_rng(0)
+    n = 50
+    inc = np.zeros((2, n), bool)
+    inc[0, : n // 2] = inc[1, n // 2 :] = True
+    ref = rng.normal(0.0, 1.0, (2, n)) + inc * 1.0
+    sig = ReferenceSignals(ids=np.arange(n), target=rng.normal(0.5, 1.0, n), reference=ref, included=inc, seconds=0.0, method="test")
+    per_record = lira_scores(sig, online=True, fixed_variance=False)
+    pooled = lira_scores(sig, online=True, fixed_variance=True)
+    np.testing.assert_allclose(per_record, pooled)  # one sample per side: the pooled σ is all there is
+    assert np.abs(per_record).max() < 100

@@ -14,6 +14,17 @@ from bench.types import ConfigError, MembershipScores, OutsiderView, ReferenceSi
 _MIN_STD = 1e-4  # a record every reference fits identically would give σ = 0
 
 
+def _pooled_sd(ref: np.ndarray, mask: np.ndarray, mu: np.ndarray) -> float:
+    """Std of φ around each record's own mean, pooled over the records with >= 2 references
+    on this side; with none (K = 2: one per side), the spread of φ over all records."""
+    enough = mask & (mask.sum(0) >= 2)
+    if enough.any():
+        sd = float(np.std(ref[enough] - mu[np.nonzero(enough)[1]]))
+    else:
+        sd = float(np.std(ref[mask]))
+    return max(sd, _MIN_STD)
+
+
 def lira_scores(sig: ReferenceSignals, online: bool, fixed_variance: bool) -> np.ndarray:
     """LiRA scores from per-record reference signals (higher = member).
 
@@ -28,20 +39,24 @@ def lira_scores(sig: ReferenceSignals, online: bool, fixed_variance: bool) -> np
     phi, ref, inc = sig.target, sig.reference, sig.included
     out_n = (~inc).sum(0)
     mu_out = np.where(out_n > 0, np.where(~inc, ref, 0).sum(0) / np.maximum(out_n, 1), ref[~inc].mean())
+    pooled_out = _pooled_sd(ref, ~inc, mu_out)
     if fixed_variance:
-        sd_out = np.full_like(phi, max(float(np.std(ref[~inc] - mu_out[np.nonzero(~inc)[1]])), _MIN_STD))
+        sd_out = np.full_like(phi, pooled_out)
     else:
+        # a record's own variance needs >= 2 samples; with fewer (small K) use the pooled one,
+        # or a 1e-4 floor would turn single references into near-infinite scores
         var = np.where(~inc, (ref - mu_out) ** 2, 0).sum(0) / np.maximum(out_n - 1, 1)
-        sd_out = np.maximum(np.sqrt(var), _MIN_STD)
+        sd_out = np.where(out_n >= 2, np.maximum(np.sqrt(var), _MIN_STD), pooled_out)
     if not online:
         return stats.norm.logcdf(phi, mu_out, sd_out)
     in_n = inc.sum(0)
     mu_in = np.where(in_n > 0, np.where(inc, ref, 0).sum(0) / np.maximum(in_n, 1), ref[inc].mean())
+    pooled_in = _pooled_sd(ref, inc, mu_in)
     if fixed_variance:
-        sd_in = np.full_like(phi, max(float(np.std(ref[inc] - mu_in[np.nonzero(inc)[1]])), _MIN_STD))
+        sd_in = np.full_like(phi, pooled_in)
     else:
         var = np.where(inc, (ref - mu_in) ** 2, 0).sum(0) / np.maximum(in_n - 1, 1)
-        sd_in = np.maximum(np.sqrt(var), _MIN_STD)
+        sd_in = np.where(in_n >= 2, np.maximum(np.sqrt(var), _MIN_STD), pooled_in)
     return stats.norm.logpdf(phi, mu_in, sd_in) - stats.norm.logpdf(phi, mu_out, sd_out)
 
 
