@@ -149,7 +149,7 @@ class GroundTruth:
     canary_ids: Optional[np.ndarray] = None  # aligned with Federation.canaries
     canary_included: Optional[np.ndarray] = None  # which canaries were inserted into training
     info: Optional[DatasetInfo] = None  # feature metadata, to decode tabular reconstructions
-    population: Optional[Records] = None  # records whose marginals give the prior baseline of inversion
+    population: Optional[Records] = None  # held-out records whose marginals give the inversion prior baseline
 
 
 # --------------------------------------------------------------------------- mechanisms

@@ -69,11 +69,11 @@ def build_federation(cfg, seeds: Seeds) -> tuple[Federation, GroundTruth]:
             part = np.sort(rng.choice(part, cfg.max_records_per_site, replace=False))
         mem, non, test = split_site(part, raw.y, cfg.test_fraction, cfg.member_fraction, rng)
         fit_parts.append(mem)  # preprocessing is fitted before the cap (a handful of records cannot fix the encoding)
-        if getattr(cfg, "members_per_site", None) is not None and len(mem) > cfg.members_per_site:
-            keep = np.sort(rng.choice(mem, cfg.members_per_site, replace=False))
-            non = np.sort(np.concatenate([non, np.setdiff1d(mem, keep)]))  # never trained on: non-members
-            mem = keep
-        if len(mem) < min(2, getattr(cfg, "members_per_site", None) or 2) or len(non) < 1 or len(test) < 1:
+        if cfg.members_per_site is not None and len(mem) > cfg.members_per_site:
+            # the records left out shaped the preprocessing, so they are neither members nor
+            # non-members: they leave the candidate pool (non-members stay untouched by training)
+            mem = np.sort(rng.choice(mem, cfg.members_per_site, replace=False))
+        if len(mem) < min(2, cfg.members_per_site or 2) or len(non) < 1 or len(test) < 1:
             raise ConfigError(
                 f"data: a hospital has too few records ({len(part)}) for members/non-members/test; use fewer hospitals or larger fractions"
             )
@@ -98,7 +98,7 @@ def build_federation(cfg, seeds: Seeds) -> tuple[Federation, GroundTruth]:
         site_names=names,
         site_train={s.name: s.train for s in sites},
         info=info,
-        population=candidates,
+        population=test,  # the inversion prior: same distribution, never trained on nor attacked
     )
     fed = Federation(info=info, sites=sites, test=test, candidates=candidates, population=candidates)
     return fed, truth
