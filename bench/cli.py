@@ -80,11 +80,11 @@ def cmd_list(args) -> int:
 
 
 def _finished_row(name: str, m) -> tuple:
-    def best(suffix: str) -> Optional[float]:  # the strongest attack of a family (oracle_* excluded)
-        vals = [v for k, v in m.items() if k.startswith("attack/") and k.endswith(suffix) and "/oracle_" not in k]
-        return max(vals) if vals else None
+    from bench.report import headline  # the strongest attack of each family, as the report has it
 
-    return (name, "FINISHED", m.get("utility/test_accuracy"), m.get("privacy/epsilon"), best("/auc"), best("/psnr"), m.get("cost/seconds", 0.0))
+    h = headline(m)
+    return (name, "FINISHED", m.get("utility/test_accuracy"), m.get("privacy/epsilon"),
+            h.get("strongest/membership_auc"), h.get("strongest/inversion_psnr"), m.get("cost/seconds", 0.0))
 
 
 def _log_cell_error(name: str, exc: BaseException, verbose: bool) -> None:

@@ -17,6 +17,7 @@ from typing import Any, Literal, Optional
 import torch
 from torch import nn
 
+from bench.accounting import default_delta
 from bench.models import flatten, load_flat
 from bench.training import make_optimizer
 from bench.types import ConfigError, DPEvent, LocalResult
@@ -31,11 +32,6 @@ warnings.filterwarnings("ignore", message="Full backward hook is firing", catego
 # Opacus computes the noise std as noise_multiplier * max_grad_norm, and 0 * inf is NaN.
 # "No clipping" is therefore represented by a finite bound no gradient reaches.
 _NO_CLIP = 1e30
-
-
-def default_delta(n: int) -> float:
-    """δ = 1/(10·n), the same default as :func:`bench.accounting.default_delta`."""
-    return 1.0 / (10.0 * max(n, 1))
 
 
 def sample_rate(n: int, batch_size: int) -> float:

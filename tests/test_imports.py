@@ -35,6 +35,8 @@ ALLOWED_BENCH_NAMES = {
     # DP-SGD builds the same local optimiser plain training uses (so zero noise and an
     # infinite clip equal plain training)
     ("bench.training", "make_optimizer"),
+    # DP-SGD calibrates σ to a target ε at the same default δ the accountant uses
+    ("bench.accounting", "default_delta"),
 }
 
 
