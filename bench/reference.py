@@ -36,6 +36,7 @@ from bench.models import build_model, flatten
 from bench.registry import Registry
 from bench.seeding import Seeds
 from bench.types import ConfigError, Records, ReferenceSignals
+from defenses.clipping import clip_l2
 
 log = logging.getLogger(__name__)
 
@@ -78,17 +79,12 @@ class VectorDefense:
 VECTORIZED: Registry = Registry("vectorised defense")
 
 
-def _clip_rows(u: torch.Tensor, bound: float) -> torch.Tensor:
-    norm = torch.linalg.vector_norm(u, dim=-1, keepdim=True)
-    return u * torch.clamp(bound / (norm + 1e-12), max=1.0)
-
-
 @VECTORIZED.register("clipping")
 class VClipping(VectorDefense):
     """``clipping``: each hospital's update clipped to L2 ``max_norm`` (as ``clip_l2``)."""
 
     def transform_update(self, updates, gens):
-        return _clip_rows(updates, self.defense.params.max_norm)
+        return clip_l2(updates, self.defense.params.max_norm)
 
 
 @VECTORIZED.register("secure_aggregation")
@@ -120,7 +116,7 @@ class VClientDP(VectorDefense):
         return "client_dp with adaptive clipping" if params.adaptive else None
 
     def transform_update(self, updates, gens):
-        return _clip_rows(updates, self.defense.clip)
+        return clip_l2(updates, self.defense.clip)
 
     def transform_aggregate(self, aggregate, participants, gens):
         m = participants.sum(dim=1, keepdim=True).to(aggregate.dtype)  # (K, 1)

@@ -10,8 +10,9 @@ from defenses.base import DEFENSES, ClientContext, Defense
 
 
 def clip_l2(update: torch.Tensor, max_norm: float) -> torch.Tensor:
-    """Return ``update * min(1, max_norm / ||update||)`` as a new tensor."""
-    norm = torch.linalg.vector_norm(update)
+    """Return ``update * min(1, max_norm / ||update||)`` as a new tensor; a (K, P) stack is
+    clipped row by row (the K reference federations of ``bench.reference``)."""
+    norm = torch.linalg.vector_norm(update, dim=-1, keepdim=True)
     scale = torch.clamp(max_norm / (norm + 1e-12), max=1.0)
     return update * scale
 
