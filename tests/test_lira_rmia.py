@@ -220,3 +220,25 @@ def test_online_lira_with_one_reference_per_side_uses_the_pooled_variance():
     pooled = lira_scores(sig, online=True, fixed_variance=True)
     np.testing.assert_allclose(per_record, pooled)  # one sample per side: the pooled σ is all there is
     assert np.abs(per_record).max() < 100
+
+
+@pytest.mark.parametrize("spec", [
+    {"name": "clipping", "max_norm": 0.05},
+    {"name": "client_dp", "noise_multiplier": 0.0, "clip_norm": 0.05},
+    {"name": "secure_aggregation"},
+], ids=lambda s: s["name"])
+def test_vectorised_defense_k1_equals_run_federated(spec):
+    """Each vectorised defense form trains the same model as the real defense (noise off:
+    the two draw their noise from different streams)."""
+    from bench.runner import make_defenses
+
+    cfg = _cfg(model__name="mlp", model__hidden=[16], train__rounds=3, train__batch_size=8, defenses=[spec])
+    sites = {"a": _records(30, 1), "b": _records(23, 2, 100), "c": _records(41, 3, 200)}
+    seeds = Seeds(11)
+    initial = build_model(INFO, cfg.model, seeds.torch("init"))
+    want = run_federated(_fed(sites), initial, make_defenses(cfg), cfg.train, cfg.privacy, seeds, evaluate=False).final_params
+    got = train_many([sites], [11], INFO, cfg.model, cfg.train, cfg.privacy, [(s.name, d) for s, d in zip(cfg.defenses, make_defenses(cfg))])
+    assert torch.allclose(got[0], want, atol=1e-5, rtol=1e-4)
+    plain = run_federated(_fed(sites), build_model(INFO, cfg.model, Seeds(11).torch("init")), [], cfg.train, cfg.privacy, Seeds(11), evaluate=False).final_params
+    if spec["name"] in ("clipping", "client_dp"):
+        assert not torch.allclose(want, plain, atol=1e-4)  # the defense did change training
