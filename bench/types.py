@@ -291,7 +291,6 @@ class OutsiderView:
     population: Records
     site_sizes: Mapping[str, int]
     simulate: Optional[Callable[..., torch.Tensor]] = None
-    simulate_many: Optional[Callable[..., torch.Tensor]] = None  # K federations at once -> (K, P)
     reference_signals: Optional[Callable[[int], "ReferenceSignals"]] = None  # memoised per cell
     canaries: Optional[Records] = None  # audit canaries the auditor crafted (inclusion unknown)
 
@@ -365,7 +364,6 @@ class Reconstruction:
     x: torch.Tensor
     labels: Optional[torch.Tensor]
     objective: float
-    oracle_best: Optional[torch.Tensor] = None  # labelled upper bound, never the headline
     sites: tuple[str, ...] = ()  # whose records it rebuilds (all participants under secure aggregation)
     restarts: Optional[torch.Tensor] = None  # every restart, (R, k, *input_shape): scoring's oracle upper bound
 

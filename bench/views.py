@@ -67,7 +67,6 @@ def outsider_view(
         population=fed.population,
         site_sizes=site_sizes,
         simulate=simulate,
-        simulate_many=simulate_many,
         reference_signals=refs,
         canaries=fed.canaries,
     )

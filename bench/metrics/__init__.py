@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from bench.metrics.membership import FPR_LEVELS, membership_metrics, roc_points, tpr_at_fpr  # noqa: F401
+from bench.metrics.membership import FPR_LEVELS, membership_metrics, roc_points  # noqa: F401
 from bench.models import load_flat
 from bench.types import Federation, GroundTruth, MembershipScores, Records, SourceGuesses
 

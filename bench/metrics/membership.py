@@ -79,12 +79,6 @@ def roc_counts(scores: np.ndarray, is_member: np.ndarray) -> tuple[np.ndarray, n
     return tp, fp, int(m.sum()), int((~m).sum())
 
 
-def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, level: float) -> float:
-    """Largest TPR among ROC points with FPR <= ``level`` (0 if none)."""
-    ok = fpr <= level + 1e-12
-    return float(tpr[ok].max()) if ok.any() else 0.0
-
-
 def tpr_at_fpr_ci(
     scores: np.ndarray, is_member: np.ndarray, level: float, alpha: float = CONFIDENCE_ALPHA
 ) -> tuple[float, float, float]:
