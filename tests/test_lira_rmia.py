@@ -85,7 +85,7 @@ def _view(target_members: Records, population: Records, cfg) -> OutsiderView:
     sizes = {n: len(r) for n, r in target_sites.items()}
     cache = ReferenceCache(model_fn, final, population, sizes, seed=3, simulate_many=sim_many, simulate=None)
     return OutsiderView(info=INFO, model_fn=model_fn, final_params=final, candidates=population, population=population,
-                        site_sizes=sizes, simulate_many=sim_many, reference_signals=cache)
+                        site_sizes=sizes, reference_signals=cache)
 
 
 @pytest.fixture(scope="module")
