@@ -167,6 +167,9 @@ def build_suite(raw: Any, overrides: Sequence[str] = (), source: str = "suite") 
                 try:
                     cfg = parse_experiment(cell_raw)
                 except ConfigError as exc:
+                    from_set = [f"{k}={v}" for k, v in sets if str(exc).startswith(k)]
+                    if from_set:  # the command line's override, not the suite file, is wrong
+                        raise ConfigError(f"{exc} (from --set {from_set[0]})") from None
                     where = ", ".join(f"{k}={v!r}" for k, v in [*variant, *combo]) or "base"
                     raise ConfigError(f"{exc} [in cell {where}]" if (variant or combo) else str(exc)) from None
                 if cfg.run_key in seen:

@@ -132,6 +132,7 @@ CASES = [
     Case(IN_PROCESS + "grid_not_a_list", suite(("grid", {"train.lr": 0.1})), ("grid.train.lr", "0.1", "list")),
     # ---- --set overrides
     Case("set_bad_path", GOOD_TEXT, ("trian", "did you mean 'train'"), args=("--set", "trian.lr=0.1")),
+    Case(IN_PROCESS + "set_out_of_range", GOOD_TEXT, ("train.rounds", "got 0", "from --set train.rounds=0"), args=("--set", "train.rounds=0")),
     Case(IN_PROCESS + "set_not_a_section", GOOD_TEXT, ("train.rounds.x", "not a section"), args=("--set", "train.rounds.x=1")),
     Case(IN_PROCESS + "set_no_equals", GOOD_TEXT, ("train.lr", "key.path=value"), args=("--set", "train.lr")),
     Case("set_bad_yaml", GOOD_TEXT, ("train.lr=[1", "YAML"), args=("--set", "train.lr=[1")),
