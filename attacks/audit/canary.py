@@ -70,9 +70,10 @@ class CanaryAudit(Attack):
     under the released model, guesses "in" for the top
     ``guess_fraction``·m, "out" for the bottom ``guess_fraction``·m and abstains on the
     rest. Scoring turns (guesses, correct) into the largest ε for which (ε, δ)-DP is
-    rejected at level ``p_value`` (their Theorem 3.1 with the δ term), at the accountant's
-    δ, logged as ``audit/epsilon_lower_bound``. Above the accountant's ε it is a bug
-    (tag ``audit_violation``).
+    rejected at level ``p_value`` (their Theorem 3.1 with the δ term), at δ = min(the
+    accountant's δ, 1e-5) (``audit/delta``), logged as ``audit/epsilon_lower_bound``. Above
+    the accountant's ε at that δ (``audit/accountant_epsilon``) it is a bug (tag
+    ``audit_violation``).
 
     The guessing rule is fixed before seeing the scores (no threshold search), so the
     bound holds with confidence 1 − p. The cell's model trains on the inserted canaries.
