@@ -57,7 +57,11 @@ def cmd_validate(args) -> int:
     from bench.suite import filter_cells, load_suite
 
     suite = filter_cells(load_suite(args.suite, args.set), args.only)
-    print(f"{args.suite}: suite {suite.name!r} is valid: {len(suite.cells)} cells")
+    if args.data:
+        from bench.data import check_data
+
+        check_data(c.config for c in suite.cells)
+    print(f"{args.suite}: suite {suite.name!r} is valid{' (data loaded and split)' if args.data else ''}: {len(suite.cells)} cells")
     for cell in suite.cells:
         print(f"  {cell.run_key}  {cell.name}")
     return 0
@@ -264,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", help="check a suite file and list its cells; runs nothing")
     suite_args(v)
+    v.add_argument("--data", action="store_true", help="also load and split every cell's data (as `run` does before it starts)")
     v.set_defaults(func=cmd_validate)
 
     li = sub.add_parser("list", help="list datasets, models, defenses and attacks")
