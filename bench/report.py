@@ -783,7 +783,7 @@ FIGURES: tuple[Callable[[ReportContext], Figure | Skipped | list], ...] = (
 
 
 FIXED_COLUMNS = (
-    UTILITY, "utility/test_auroc", WORST_SITE, SITE_GAP, EPSILON, "privacy/delta", AUDIT_LB,
+    UTILITY, "utility/test_auroc", WORST_SITE, SITE_GAP, EPSILON, "privacy/delta", AUDIT_LB, AUDIT_EPS, "audit/delta",
     *(ax.key for ax in ATTACK_AXES),
 )
 # per-attack columns: these suffixes of attack/<name>/... (whatever attacks a suite has)
