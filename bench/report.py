@@ -826,8 +826,11 @@ def write_summary(settings: Sequence[Setting], out: Path) -> tuple[list[str], st
         for r in rows:
             w.writerow([r[h] for h in head] + [x for m in cols for x in ((repr(r[m][0]), repr(r[m][1])) if r[m] else ("", ""))])
 
+    def num(x: float) -> str:  # δ-sized values (1e-5) would read 0.000 with three decimals
+        return f"{x:.2g}" if 0 < abs(x) < 1e-3 else f"{x:.3f}"
+
     def pm(v) -> str:
-        return "–" if v is None else (f"{v[0]:.3f} ± {v[1]:.3f}" if v[2] > 1 else f"{v[0]:.3f}")
+        return "–" if v is None else (f"{num(v[0])} ± {num(v[1])}" if v[2] > 1 else num(v[0]))
 
     md = ["| " + " | ".join(head[:2] + ["seeds"] + cols) + " |", "|" + "---|" * (3 + len(cols))]
     md += ["| " + " | ".join([r["setting"], r["dataset"], str(r["n"])] + [pm(r[m]) for m in cols]) + " |" for r in rows]
