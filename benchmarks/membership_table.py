@@ -56,11 +56,13 @@ def main() -> None:
         print("| " + " | ".join(row) + " |")
     if audit:
         print()
-        print("| cell | seeds | ε (accountant) | audit ε lower bound | correct of guesses | violations |")
-        print("|---|---|---|---|---|---|")
+        print("| cell | seeds | ε (accountant, its δ) | ε (accountant) at the audit's δ | audit δ | audit ε lower bound | correct of guesses | violations |")
+        print("|---|---|---|---|---|---|---|---|")
         for name, ms in sorted(audit.items()):
             viol = sum(1 for m in ms if m.get("audit/epsilon_lower_bound", 0) > m.get("audit/accountant_epsilon", m.get("privacy/epsilon", float("inf"))))
-            print(f"| {name} | {len(ms)} | {mean(ms, 'privacy/epsilon', 2)} | {mean(ms, 'audit/epsilon_lower_bound')} | "
+            audit_delta = ms[0].get("audit/delta")
+            print(f"| {name} | {len(ms)} | {mean(ms, 'privacy/epsilon', 2)} | {mean(ms, 'audit/accountant_epsilon', 2)} | "
+                  f"{'–' if audit_delta is None else f'{audit_delta:g}'} | {mean(ms, 'audit/epsilon_lower_bound')} | "
                   f"{mean(ms, 'attack/canary_audit/correct', 1)} of {mean(ms, 'attack/canary_audit/guesses', 0)} | {viol} |")
 
 
