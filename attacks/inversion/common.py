@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.func import functional_call, grad, grad_and_value, vmap
 
-from bench.types import ConfigError, DatasetInfo, Disclosure, ServerView
+from bench.types import ConfigError, DatasetInfo, Disclosure, Reconstructions, ServerView
 
 AGGREGATE = "aggregate"
 
@@ -442,7 +442,7 @@ def run_inversion(view: ServerView, rng: np.random.Generator, p: InversionParams
 def _run_inversion(view, rng, p, solve, combine):
     import time
 
-    from bench.types import Reconstruction, Reconstructions
+    from bench.types import Reconstruction
 
     t0 = time.perf_counter()
     gen = torch_generator(rng)
@@ -470,3 +470,22 @@ def _run_inversion(view, rng, p, solve, combine):
         items=tuple(items), disclosure=disclosure_record(targets), iterations=iters,
         seconds=time.perf_counter() - t0, write_records=p.write_records,
     )
+
+
+class OptimisationAttack:
+    """Mixin of the optimisation attacks (DLG, Inverting Gradients, TabLeak): a curious
+    server replays the disclosed local training and optimises inputs to match each update.
+
+    Subclasses give ``Params`` (an :class:`InversionParams`) and ``solve``; ``combine`` pools
+    restarts (None: the restart with the lowest objective)."""
+
+    threat_model = "server"
+    kind = "reconstruction"
+    combine: Optional[Combiner] = None
+
+    @classmethod
+    def check(cls, params, cfg) -> None:
+        check_replayable(params, cfg)
+
+    def run(self, view: ServerView, rng: np.random.Generator) -> Reconstructions:
+        return run_inversion(view, rng, self.params, self.solve, combine=type(self).combine)

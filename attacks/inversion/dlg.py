@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from attacks.base import ATTACKS, Attack
 from attacks.inversion.common import (
-    FlatModel, InversionParams, Problem, Solved, check_replayable, objective_fn, optimise_lbfgs, random_inputs,
-    relative_l2, run_inversion, stack_problem,
+    FlatModel, InversionParams, Problem, Solved, OptimisationAttack, objective_fn, optimise_lbfgs, random_inputs,
+    relative_l2, stack_problem,
 )
-from bench.types import DatasetInfo, Reconstructions, ServerView
+from bench.types import DatasetInfo
 
 
 @ATTACKS.register("dlg")
-class DLG(Attack):
+class DLG(OptimisationAttack, Attack):
     """Zhu, Liu, Han (2019), "Deep Leakage from Gradients" (NeurIPS), with the analytic
     label of Zhao, Mopuri, Bilen (2020), "iDLG: Improved Deep Leakage from Gradients", and
     the last-layer count estimate for batches (Wainakh et al. 2022).
@@ -33,18 +32,12 @@ class DLG(Attack):
     """
 
     name = "dlg"
-    threat_model = "server"
-    kind = "reconstruction"
 
     @dataclass(frozen=True)
     class Params(InversionParams):
         iterations: int = field(default=300, metadata={"ge": 1})
         restarts: int = field(default=4, metadata={"ge": 1})
         mask_zeros: bool = True
-
-    @classmethod
-    def check(cls, params, cfg) -> None:
-        check_replayable(params, cfg)
 
     def solve(self, fm: FlatModel, info: DatasetInfo, prob: Problem, gen: torch.Generator) -> Solved:
         p = self.params
@@ -53,6 +46,3 @@ class DLG(Attack):
         z0 = random_inputs(info, (t * r, b), gen)
         z, obj = optimise_lbfgs(f, z0, stack_problem(prob, r, p.mask_zeros), p.iterations)
         return Solved(x=z.reshape(t, r, b, *info.input_shape), objective=obj.reshape(t, r), iterations=p.iterations)
-
-    def run(self, view: ServerView, rng: np.random.Generator) -> Reconstructions:
-        return run_inversion(view, rng, self.params, self.solve)

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from attacks.base import ATTACKS, Attack
 from attacks.inversion.common import (
-    FlatModel, InversionParams, Problem, Solved, check_replayable, cosine_distance, objective_fn, optimise_adam,
-    random_inputs, run_inversion, stack_problem,
+    FlatModel, InversionParams, Problem, Solved, OptimisationAttack, cosine_distance, objective_fn, optimise_adam,
+    random_inputs, stack_problem,
 )
-from bench.types import DatasetInfo, Reconstructions, ServerView
+from bench.types import DatasetInfo
 
 
 def image_box(info: DatasetInfo):
@@ -23,7 +22,7 @@ def image_box(info: DatasetInfo):
 
 
 @ATTACKS.register("inverting_gradients")
-class InvertingGradients(Attack):
+class InvertingGradients(OptimisationAttack, Attack):
     """Geiping, Bauermeister, Dröge, Moeller (2020), "Inverting Gradients — How easy is it to
     break privacy in federated learning?" (NeurIPS).
 
@@ -43,8 +42,6 @@ class InvertingGradients(Attack):
     """
 
     name = "inverting_gradients"
-    threat_model = "server"
-    kind = "reconstruction"
 
     @dataclass(frozen=True)
     class Params(InversionParams):
@@ -55,10 +52,6 @@ class InvertingGradients(Attack):
         signed: bool = True
         mask_zeros: bool = True
 
-    @classmethod
-    def check(cls, params, cfg) -> None:
-        check_replayable(params, cfg)
-
     def solve(self, fm: FlatModel, info: DatasetInfo, prob: Problem, gen: torch.Generator) -> Solved:
         p = self.params
         t, r, b = len(prob.targets), p.restarts, prob.batch
@@ -67,6 +60,3 @@ class InvertingGradients(Attack):
         consts = stack_problem(prob, r, p.mask_zeros)
         z, obj = optimise_adam(f, z0, consts, p.iterations, p.step_size, p.signed, image_box(info))
         return Solved(x=z.reshape(t, r, b, *info.input_shape), objective=obj.reshape(t, r), iterations=p.iterations)
-
-    def run(self, view: ServerView, rng: np.random.Generator) -> Reconstructions:
-        return run_inversion(view, rng, self.params, self.solve)

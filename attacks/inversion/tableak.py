@@ -10,7 +10,7 @@ from scipy.optimize import linear_sum_assignment
 
 from attacks.base import ATTACKS, Attack
 from attacks.inversion.common import (
-    FlatModel, InversionParams, Problem, Solved, check_replayable, cosine_distance, objective_fn, optimise_adam,
+    FlatModel, InversionParams, Problem, Solved, OptimisationAttack, cosine_distance, objective_fn, optimise_adam,
     run_inversion, stack_problem,
 )
 from bench.types import ConfigError, DatasetInfo, Reconstructions, ServerView
@@ -55,7 +55,7 @@ def pool_restarts(x: torch.Tensor, objective: torch.Tensor, info: DatasetInfo) -
 
 
 @ATTACKS.register("tableak")
-class TabLeak(Attack):
+class TabLeak(OptimisationAttack, Attack):
     """Vero, Balunović, Dimitrov, Vechev (2023), "TabLeak: Tabular Data Leakage in Federated
     Learning" (ICML).
 
@@ -72,8 +72,6 @@ class TabLeak(Attack):
     """
 
     name = "tableak"
-    threat_model = "server"
-    kind = "reconstruction"
 
     @dataclass(frozen=True)
     class Params(InversionParams):
@@ -82,10 +80,6 @@ class TabLeak(Attack):
         step_size: float = field(default=0.06, metadata={"gt": 0})
         temperature: float = field(default=1.0, metadata={"gt": 0})
         mask_zeros: bool = True
-
-    @classmethod
-    def check(cls, params, cfg) -> None:
-        check_replayable(params, cfg)
 
     def solve(self, fm: FlatModel, info: DatasetInfo, prob: Problem, gen: torch.Generator) -> Solved:
         p = self.params
