@@ -58,3 +58,21 @@ def per_example_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, b
         logits = model(x[s : s + batch])
         out.append(torch.nn.functional.cross_entropy(logits, y[s : s + batch], reduction="none"))
     return torch.cat(out) if out else torch.empty(0)
+
+
+def reference_signals(view, attack: str, k: int):
+    """The outsider view's per-record signals of ``k`` reference federations (LiRA, RMIA)."""
+    from bench.types import ConfigError
+
+    if view.reference_signals is None:
+        raise ConfigError(f"attacks.{attack}: this outsider view cannot train reference federations")
+    return view.reference_signals(k)
+
+
+def candidate_scores(sig, scores: np.ndarray, view, extras: dict):
+    """``MembershipScores`` for the view's candidates from per-record ``scores`` in ``sig.ids`` order."""
+    from bench.types import MembershipScores
+
+    pos = {int(i): k for k, i in enumerate(sig.ids)}
+    idx = np.asarray([pos[int(i)] for i in view.candidates.ids])
+    return MembershipScores(ids=view.candidates.ids.copy(), scores=scores[idx], extras={**extras, "reference_seconds": sig.seconds})

@@ -34,6 +34,18 @@ def render(output, truth: GroundTruth, info: DatasetInfo, name: str) -> dict[str
     return {}
 
 
+def loglog_roc_axes(ax, floor: float) -> None:
+    """Log–log ROC axes down to half the smallest non-zero FPR (``floor`` = 1/#non-members),
+    with the chance diagonal: the low-FPR corner where an attack matters stays visible."""
+    ax.plot([floor / 2, 1], [floor / 2, 1], ls="--", c="grey", lw=1, label="chance")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(floor / 2, 1)
+    ax.set_ylim(floor / 2, 1)
+    ax.set_xlabel("false-positive rate (log)")
+    ax.set_ylabel("true-positive rate (log)")
+
+
 def roc_figure(scores: np.ndarray, is_member: np.ndarray, title: str):
     """Log–log ROC curve (Carlini et al. 2022): what matters is the low-FPR corner."""
     import matplotlib
@@ -48,13 +60,7 @@ def roc_figure(scores: np.ndarray, is_member: np.ndarray, title: str):
     floor = 1.0 / max(int((~np.asarray(is_member, bool)).sum()), 1)
     fig, ax = plt.subplots(figsize=(4.2, 4.0))
     ax.plot(np.maximum(fpr, floor / 2), np.maximum(tpr, floor / 2), lw=1.5, label=f"AUC {m['auc']:.3f}, TPR@1% {m['tpr_at_fpr_0.01']:.3f}")
-    ax.plot([floor / 2, 1], [floor / 2, 1], ls="--", c="grey", lw=1, label="chance")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlim(floor / 2, 1)
-    ax.set_ylim(floor / 2, 1)
-    ax.set_xlabel("false-positive rate")
-    ax.set_ylabel("true-positive rate")
+    loglog_roc_axes(ax, floor)
     ax.set_title(title, fontsize=9)
     ax.legend(loc="lower right", fontsize=7)
     return fig

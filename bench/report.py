@@ -455,13 +455,10 @@ def fig_membership(ctx: ReportContext) -> Figure | Skipped:
     return Figure("membership_attacks.png", title, reading)
 
 
-def _roc_xy(scores: np.ndarray, is_member: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def figs_roc(ctx: ReportContext) -> list[Figure | Skipped]:
+    from bench.artifacts import loglog_roc_axes
     from bench.metrics.membership import roc_points
 
-    return roc_points(scores, is_member)
-
-
-def figs_roc(ctx: ReportContext) -> list[Figure | Skipped]:
     names = attack_names([c.metrics for s in ctx.settings for c in s.cells], "auc")
     if not names:
         return [Skipped("Log–log ROC curves", "no membership attack in this suite")]
@@ -496,15 +493,9 @@ def figs_roc(ctx: ReportContext) -> list[Figure | Skipped]:
         for ax, (s, curves) in zip(axs.flat, panels):
             floor = 1.0 / max(int(max((~m).sum() for _, _, m, _ in curves)), 1)
             for seed, scores, is_member, auc in curves:
-                fpr, tpr = _roc_xy(scores, is_member)
+                fpr, tpr = roc_points(scores, is_member)
                 ax.plot(np.maximum(fpr, floor / 2), np.maximum(tpr, floor / 2), lw=1.3, label=f"seed {seed} (AUC {_fmt(auc)})")
-            ax.plot([floor / 2, 1], [floor / 2, 1], ls="--", c="grey", lw=1, label="chance")
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlim(floor / 2, 1)
-            ax.set_ylim(floor / 2, 1)
-            ax.set_xlabel("false-positive rate (log)")
-            ax.set_ylabel("true-positive rate (log)")
+            loglog_roc_axes(ax, floor)
             ax.set_title(_wrap(s.label, 48), fontsize=8)
             ax.grid(alpha=0.3, which="both", lw=0.4)
             ax.legend(fontsize=6, loc="lower right")

@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 from scipy import stats
 
-from attacks.base import ATTACKS, Attack
+from attacks.base import ATTACKS, Attack, candidate_scores, reference_signals
 from bench.types import ConfigError, MembershipScores, OutsiderView, ReferenceSignals
 
 _MIN_STD = 1e-4  # a record every reference fits identically would give σ = 0
@@ -96,14 +96,6 @@ class LiRA(Attack):
         return f"lira({params.mode},K={params.num_references})"
 
     def run(self, view: OutsiderView, rng: np.random.Generator) -> MembershipScores:
-        if view.reference_signals is None:
-            raise ConfigError("attacks.lira: this outsider view cannot train reference federations")
-        sig = view.reference_signals(self.params.num_references)
+        sig = reference_signals(view, "lira", self.params.num_references)
         scores = lira_scores(sig, self.params.mode == "online", self.params.fixed_variance)
-        pos = {int(i): k for k, i in enumerate(sig.ids)}
-        idx = np.asarray([pos[int(i)] for i in view.candidates.ids])
-        return MembershipScores(
-            ids=view.candidates.ids.copy(),
-            scores=scores[idx],
-            extras={"num_references": float(self.params.num_references), "reference_seconds": sig.seconds},
-        )
+        return candidate_scores(sig, scores, view, {"num_references": float(self.params.num_references)})

@@ -8,7 +8,7 @@ from typing import Literal, Optional
 import numpy as np
 from scipy import stats
 
-from attacks.base import ATTACKS, Attack
+from attacks.base import ATTACKS, Attack, candidate_scores, reference_signals
 from bench.types import ConfigError, MembershipScores, OutsiderView, ReferenceSignals
 
 A_GRID = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
@@ -117,18 +117,10 @@ class RMIA(Attack):
         return f"rmia({params.mode},K={params.num_references})"
 
     def run(self, view: OutsiderView, rng: np.random.Generator) -> MembershipScores:
-        if view.reference_signals is None:
-            raise ConfigError("attacks.rmia: this outsider view cannot train reference federations")
-        sig = view.reference_signals(self.params.num_references)
+        sig = reference_signals(view, "rmia", self.params.num_references)
         n = len(sig.ids)
         z_index = np.sort(rng.choice(n, min(self.params.num_z, n), replace=False))
         online = self.params.mode == "online"
         a = 1.0 if online else (self.params.a if self.params.a is not None else calibrate_a(sig, z_index, self.params.gamma))
         scores = rmia_scores(_sigmoid(sig.target), _sigmoid(sig.reference), sig.included, z_index, self.params.gamma, online, a)
-        pos = {int(i): k for k, i in enumerate(sig.ids)}
-        idx = np.asarray([pos[int(i)] for i in view.candidates.ids])
-        return MembershipScores(
-            ids=view.candidates.ids.copy(),
-            scores=scores[idx],
-            extras={"num_references": float(self.params.num_references), "a": a, "reference_seconds": sig.seconds},
-        )
+        return candidate_scores(sig, scores, view, {"num_references": float(self.params.num_references), "a": a})
