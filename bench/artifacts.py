@@ -13,7 +13,7 @@ from functools import singledispatch
 import numpy as np
 
 from bench.metrics import align
-from bench.types import CanaryScores, DatasetInfo, GroundTruth, MembershipScores, Reconstructions
+from bench.types import AuditScores, DatasetInfo, GroundTruth, MembershipScores, Reconstructions
 
 
 def npz_bytes(**arrays) -> bytes:
@@ -84,10 +84,33 @@ def _(output: MembershipScores, truth: GroundTruth, info: DatasetInfo, name: str
 
 
 @render.register
-def _(output: CanaryScores, truth: GroundTruth, info: DatasetInfo, name: str) -> dict[str, bytes]:
+def _(output: AuditScores, truth: GroundTruth, info: DatasetInfo, name: str) -> dict[str, bytes]:
+    """The canaries' scores per observation with their true inclusion (npz), and a histogram of
+    included vs. excluded canaries' scores per observation (what the bound and estimate read)."""
+    import matplotlib.pyplot as plt
+
     pos = {int(i): k for k, i in enumerate(truth.canary_ids)}
-    idx = np.asarray([pos[int(i)] for i in output.ids], dtype=np.int64)
-    return {f"attacks/{name}/canary_scores.npz": npz_bytes(ids=output.ids, scores=output.scores, included=truth.canary_included[idx])}
+    included = truth.canary_included[np.asarray([pos[int(i)] for i in output.ids], dtype=np.int64)]
+    arrays = {f"scores_{obs}": np.asarray(s) for obs, s in output.observations.items()}
+    fig, axes = plt.subplots(1, len(arrays), figsize=(4.2 * len(arrays), 3.2), squeeze=False)
+    for ax, (obs, s) in zip(axes[0], output.observations.items()):
+        s = np.asarray(s, np.float64)
+        bins = np.histogram_bin_edges(s, bins=40)
+        ax.hist(s[~included], bins=bins, alpha=0.6, label="not included")
+        ax.hist(s[included], bins=bins, alpha=0.6, label="included")
+        ax.set_title(f"{name}: {obs}", fontsize=9)
+        ax.set_xlabel("canary score (higher = looks included)")
+    axes[0][0].set_ylabel("canaries")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    try:
+        png = png_bytes(fig)
+    finally:
+        plt.close(fig)
+    return {
+        f"attacks/{name}/canary_scores.npz": npz_bytes(ids=output.ids, included=included, **arrays),
+        f"attacks/{name}/canary_scores.png": png,
+    }
 
 
 # --------------------------------------------------------------------------- inversion

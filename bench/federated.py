@@ -14,6 +14,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from bench.canaries import client_canary_updates
 from bench.metrics import utility_metrics
 from bench.models import flatten, num_params
 from bench.seeding import Seeds
@@ -58,6 +59,23 @@ def payload_bytes(update: torch.Tensor) -> float:
     return float(min(dense, sparse))
 
 
+def canary_client_sum(audit, defenses: Sequence[Defense], r: int, num_participants: int, seeds: Seeds) -> torch.Tensor:
+    """Σ of the included canary clients' updates (after every client hook), each weighted
+    1/m with m the number of real participants: a fixed public denominator, so that adding
+    one canary moves the mean by exactly C/m — the add/remove neighbour client_dp accounts.
+
+    The canaries never join the hospitals' updates (no hospital-level view holds them); under
+    secure aggregation their sum is added beside the protocol's, which equals the plain sum.
+    """
+    total = torch.zeros(audit.directions.num_params)
+    for key, u in client_canary_updates(audit).items():
+        for d in defenses:  # client hooks in list order, exactly as for a hospital
+            ctx = ClientContext(site=key, round=r, num_samples=0, generator=seeds.torch("defense", d.name, key, r))
+            u = d.transform_update(u, ctx)
+        total = total + u
+    return total / num_participants
+
+
 def run_federated(
     fed: Federation,
     initial_model: torch.nn.Module,
@@ -87,8 +105,10 @@ def run_federated(
         d.setup(facts)
     settings = local_settings(train_cfg)
     trainers = {}
+    audit = fed.audit_canaries
     for site in fed.sites:
-        trainer = PlainTrainer(copy.deepcopy(initial_model), site.train, settings)
+        grad_canaries = audit if audit is not None and audit.kind == "gradient" and audit.site == site.name else None
+        trainer = PlainTrainer(copy.deepcopy(initial_model), site.train, settings, canaries=grad_canaries)
         for d in defenses:  # client hooks in list order: the first defense wraps first
             trainer = d.wrap_local_training(trainer, site.name)
         trainers[site.name] = trainer
@@ -126,6 +146,8 @@ def run_federated(
         t_agg = time.perf_counter()
         summed = aggregator.aggregate(updates, weights, sctx) if aggregator else weighted_sum(updates, weights)
         agg_seconds = time.perf_counter() - t_agg
+        if audit is not None and audit.kind == "client":
+            summed = summed + canary_client_sum(audit, defenses, r, len(participants), seeds)
         aggregate = summed
         for d in reversed(defenses):  # server hooks in reverse order
             aggregate = d.transform_aggregate(aggregate, sctx)

@@ -21,12 +21,12 @@ from bench.data import build_federation
 from bench.federated import run_federated
 from bench.artifacts import render
 from bench.metrics import score
-from bench.metrics.membership import ROC_AUDIT_DELTA, audit_verdict, canary_audit_metrics
+from bench.auditing import audit_delta, audit_metrics, audit_verdict
 from bench.reference import make_many_simulator, reference_artifacts
-from bench.models import MODELS, build_model
+from bench.models import MODELS, build_model, num_params
 from bench.seeding import Seeds
 from bench.tracking import CellLog, MemoryCellLog
-from bench.types import CanaryScores, Federation, Records, RoundRecord, Site, TrainingRecord
+from bench.types import AuditScores, Federation, Records, RoundRecord, Site, TrainingRecord
 from bench.views import derive_views
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def run_cell(cfg: ExperimentConfig, out: CellLog, on_round: Optional[Callable[[R
     for spec, attack in zip(cfg.attacks, attacks):  # e.g. an audit inserts canaries; only truth keeps which
         prepare = getattr(attack, "prepare", None)
         if prepare is not None:
-            fed, truth_fields = prepare(fed, seeds.rng("prepare", spec.name))
+            fed, truth_fields = prepare(fed, seeds.rng("prepare", spec.name), num_params=num_params(initial), cfg=cfg)
             truth = dataclasses.replace(truth, **truth_fields)
     out.params({f"data.site_size.{s.name}": len(s.train) for s in fed.sites})
 
@@ -131,22 +131,21 @@ def run_cell(cfg: ExperimentConfig, out: CellLog, on_round: Optional[Callable[[R
         record, fed, model_fn, [a.threat_model for a in attacks], make_simulator(cfg, fed, model_fn),
         simulate_many=simulate_many, reference_seed=seeds.int_seed("reference"), fallback_reason=why_not,
     )
-    # The one-run audit is stated at a small δ (a bound at δ = 1/(10·4 hospitals) = 0.025 is
-    # always 0) and compared with the accountant's ε at that same δ.
-    audit_delta = min(metrics.get("privacy/delta", ROC_AUDIT_DELTA), ROC_AUDIT_DELTA)
-    if any(a.kind == "audit" for a in attacks):
-        metrics["audit/delta"] = audit_delta
-        if report.is_dp:
-            at_audit_delta = account(record.dp_events, cfg.privacy.accountant, audit_delta)
-            metrics["audit/accountant_epsilon"] = privacy_metrics(at_audit_delta)["privacy/epsilon"]
+    # Audits are stated at a small δ (a bound at δ = 1/(10·4 hospitals) = 0.025 is always 0) and
+    # compared with the accountant's ε for the audited party at that same δ.
+    delta_audit = audit_delta(metrics.get("privacy/delta"))
+    audits: dict[str, dict[str, float]] = {}
+    observed: dict[str, list[str]] = {}
     for spec, attack in zip(cfg.attacks, attacks):
         t_a = time.perf_counter()
         output = attack.run(views[attack.threat_model], seeds.rng("attack", spec.name))
-        if isinstance(output, CanaryScores):  # the one-run audit is stated at audit_delta
-            scored = canary_audit_metrics(output, truth, audit_delta)
+        if isinstance(output, AuditScores):
+            scored = audit_metrics(output, truth, delta_audit, record.dp_events, cfg.privacy.accountant, seeds.rng("audit", spec.name))
+            audits[spec.name], observed[spec.name] = scored, list(output.observations)
+            metrics.update({f"audit/{spec.name}/{k}": v for k, v in scored.items()})
         else:
             scored = score(output, truth)  # ground truth meets the attack output only here
-        metrics.update({f"attack/{spec.name}/{k}": v for k, v in scored.items()})
+            metrics.update({f"attack/{spec.name}/{k}": v for k, v in scored.items()})
         metrics[f"cost/attack/{spec.name}/seconds"] = time.perf_counter() - t_a
         for path, data in render(output, truth, fed.info, spec.name).items():
             out.bytes(data, path)
@@ -154,7 +153,7 @@ def run_cell(cfg: ExperimentConfig, out: CellLog, on_round: Optional[Callable[[R
     for path, data in ref_files.items():
         out.bytes(data, path)
     metrics.update(ref_metrics)
-    audit, audit_tags = audit_verdict(metrics, [s.name for s, a in zip(cfg.attacks, attacks) if a.kind == "audit"])
+    audit, audit_tags = audit_verdict(audits, observed)
     metrics.update(audit)
     tags.update(audit_tags)
     metrics["cost/seconds"] = time.perf_counter() - t0

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
 
 from bench.models import flatten, load_flat
-from bench.types import LocalResult, Records
+from bench.types import InsertedCanaries, LocalResult, Records
 
 
 @dataclass(frozen=True)
@@ -39,12 +40,15 @@ class PlainTrainer:
         model: the hospital's own copy of the model architecture.
         data: the hospital's member records.
         settings: local training hyperparameters.
+        canaries: gradient canaries of a white-box audit (``bench.canaries``); only a DP-SGD
+            trainer can insert them, so plain training refuses to run with them.
     """
 
-    def __init__(self, model: nn.Module, data: Records, settings: LocalSettings) -> None:
+    def __init__(self, model: nn.Module, data: Records, settings: LocalSettings, canaries: Optional[InsertedCanaries] = None) -> None:
         self.model = model
         self.data = data
         self.settings = settings
+        self.canaries = canaries
         self.loss_fn = nn.CrossEntropyLoss()
 
     def steps_per_round(self) -> int:
@@ -53,6 +57,8 @@ class PlainTrainer:
 
     def train(self, global_params: torch.Tensor, generator: torch.Generator) -> LocalResult:
         """Start from ``global_params``; return the locally trained parameters."""
+        if self.canaries is not None:
+            raise RuntimeError("gradient canaries are inserted by dp_sgd's trainer; plain training cannot audit them")
         load_flat(self.model, global_params)
         self.model.train()
         opt = make_optimizer(self.model.parameters(), self.settings)

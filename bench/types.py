@@ -124,6 +124,7 @@ class Federation:
     candidates: Records
     population: Records
     canaries: Optional[Records] = None  # audit canaries (each in training with prob. ½), see attacks/audit
+    audit_canaries: Optional["InsertedCanaries"] = None  # gradient or client canaries (bench.canaries)
 
     @property
     def site_names(self) -> tuple[str, ...]:
@@ -150,6 +151,86 @@ class GroundTruth:
     canary_included: Optional[np.ndarray] = None  # which canaries were inserted into training
     info: Optional[DatasetInfo] = None  # feature metadata, to decode tabular reconstructions
     population: Optional[Records] = None  # held-out records whose marginals give the inversion prior baseline
+
+
+# --------------------------------------------------------------------------- audit canaries
+
+
+@dataclass(frozen=True)
+class CanaryDirections:
+    """Unit directions in the flat parameter space, one per canary: what the auditor crafted.
+
+    Both kinds are rows of an orthogonal matrix, so no canary leaks into another's
+    projection (with independent random vectors, the cross-talk of the m/2 included
+    canaries over hundreds of steps would swamp the signal):
+
+    * ``dirac``: canary i is the basis vector of coordinate ``coordinates[i]``;
+    * ``random``: canary i is cosine basis vector ``coordinates[i]`` under random sign flips
+      ``signs`` — a row of the random orthogonal matrix C·diag(signs) (C the orthonormal
+      DCT-II), i.e. a Dirac canary in a randomly rotated basis: spread evenly over every
+      parameter, O(P log P) to apply. Dirac canaries that land on a high-curvature
+      parameter (an output weight, a bias) are partly undone by the records' own
+      gradients; spread-out directions are not (measured in docs/bench-audit.md).
+
+    Attributes:
+        ids: canary ids, aligned with ``GroundTruth.canary_ids``.
+        kind: ``"dirac"`` or ``"random"``.
+        num_params: dimension P of the flat parameter space.
+        coordinates: distinct indices in [0, P), shape (m,).
+        signs: ``random`` only, ±1 per parameter, shape (P,).
+    """
+
+    ids: np.ndarray
+    kind: Literal["dirac", "random"]
+    num_params: int
+    coordinates: np.ndarray
+    signs: Optional[np.ndarray] = None
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    def rows(self, index: np.ndarray) -> torch.Tensor:
+        """The unit vectors of canaries ``index`` as dense float32 rows, shape (len(index), P)."""
+        index = np.asarray(index, dtype=np.int64)
+        onehot = np.zeros((len(index), self.num_params))
+        onehot[np.arange(len(index)), self.coordinates[index]] = 1.0
+        if self.kind == "random" and len(index):
+            from scipy.fft import idct
+
+            onehot = idct(onehot, type=2, norm="ortho", axis=1) * self.signs
+        return torch.from_numpy(onehot.astype(np.float32))
+
+    def project(self, v: torch.Tensor) -> np.ndarray:
+        """⟨v, dᵢ⟩ for every canary i, shape (m,)."""
+        v = v.detach().reshape(-1).to(torch.float64).numpy()
+        if self.kind == "random":
+            from scipy.fft import dct
+
+            v = dct(v * self.signs, type=2, norm="ortho")
+        return v[self.coordinates]
+
+
+@dataclass(frozen=True)
+class InsertedCanaries:
+    """Canaries a mechanism must insert for a white-box audit; lives in the
+    :class:`Federation` (never in a view: ``included`` is ground truth).
+
+    ``kind="gradient"``: inside hospital ``site``'s DP-SGD every included canary is a
+    per-sample gradient ``scale·C·dᵢ`` (C = dp_sgd's clip) that joins each step with the
+    same Poisson rate q as a record (and is clipped like one). ``kind="client"``: every
+    included canary is a client whose update is ``scale·dᵢ`` in every round (``scale`` =
+    client_dp's clip C: norm exactly C).
+    """
+
+    kind: Literal["gradient", "client"]
+    directions: CanaryDirections
+    included: np.ndarray
+    site: Optional[str] = None
+    scale: float = 1.0
+    seed: int = 0
+
+    def included_index(self) -> np.ndarray:
+        return np.flatnonzero(self.included)
 
 
 # --------------------------------------------------------------------------- mechanisms
@@ -273,6 +354,9 @@ class ServerView:
     site_names: tuple[str, ...]
     known_records: Records
     updates_hidden: bool
+    final_params: Optional[torch.Tensor] = None  # the released model after the last round
+    canary_directions: Optional[CanaryDirections] = None  # what a white-box auditor crafted
+    canary_site: Optional[str] = None  # gradient canaries: the hospital whose DP-SGD they entered
 
 
 @dataclass(frozen=True)
@@ -329,18 +413,30 @@ class MembershipScores:
 
 
 @dataclass(frozen=True)
-class CanaryScores:
-    """An auditor's scores of its canaries (higher = more likely inserted) and its guessing rule.
+class AuditScores:
+    """A white-box auditor's scores of its canaries (higher = more likely inserted), one
+    score vector per observation (e.g. ``all_rounds``: every update of the audited party;
+    ``final_model``: the released model only).
 
-    ``ids`` index ``GroundTruth.canary_ids``; the auditor guesses "in" for the ``k_pos`` highest
-    scores, "out" for the ``k_neg`` lowest and abstains on the rest (Steinke et al. 2023).
+    Attributes:
+        ids: canary ids, aligned with ``GroundTruth.canary_ids``.
+        observations: observation name -> scores aligned with ``ids``.
+        unit: the privacy unit audited (``"record"`` or ``"client"``).
+        party: whose guarantee is audited (a hospital for record-level DP, ``"federation"``
+            for client-level DP, ``None`` for the weakest party: black-box canaries sit in
+            every hospital).
+        p_value: confidence level of the certified bounds is 1 − p_value.
+        guess_counts: ``(k_pos, k_neg)`` guessing rules declared before seeing the scores
+            (``None``: the default rules of ``bench.metrics.audit``). The first observation
+            is the audit's headline.
     """
 
     ids: np.ndarray
-    scores: np.ndarray
-    k_pos: int
-    k_neg: int
+    observations: Mapping[str, np.ndarray]
+    unit: Literal["record", "client"]
+    party: Optional[str]
     p_value: float = 0.05
+    guess_counts: Optional[tuple[tuple[int, int], ...]] = None
 
 
 @dataclass(frozen=True)

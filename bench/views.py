@@ -33,6 +33,10 @@ def server_view(record: TrainingRecord, fed: Federation, model_fn: Callable[[], 
         site_names=fed.site_names,
         known_records=fed.candidates,
         updates_hidden=hidden,
+        final_params=record.final_params,
+        # a white-box auditor knows the directions it crafted, never which canaries went in
+        canary_directions=fed.audit_canaries.directions if fed.audit_canaries is not None else None,
+        canary_site=fed.audit_canaries.site if fed.audit_canaries is not None else None,
     )
 
 

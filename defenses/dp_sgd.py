@@ -129,6 +129,27 @@ class DPTrainer:
             else:
                 self.module = GradSampleModule(self.model, loss_reduction="mean")
             self.optimizer = DPOptimizer(base_opt, **opt_kw)
+        self.canaries = None
+        if getattr(plain, "canaries", None) is not None:
+            if grad_sample_mode == "ghost":
+                raise ConfigError(
+                    "defenses.dp_sgd.grad_sample_mode: 'ghost' stores no per-sample gradients, so gradient canaries "
+                    "cannot be inserted; use grad_sample_mode: ew for the white-box audit"
+                )
+            from bench.canaries import GradientCanarySampler
+
+            self.canaries = GradientCanarySampler(
+                plain.canaries, self.sample_rate, clip, [p.shape for p in self.model.parameters()]
+            )
+
+    def _insert_canaries(self, rng) -> None:
+        # White-box audit: each included gradient canary joins this step with probability q,
+        # as one more per-sample gradient row that Opacus clips and noises like a record's.
+        rows = self.canaries.rows(rng)
+        if len(rows[0]) == 0:
+            return
+        for p, extra in zip(self.optimizer.params, rows):
+            p.grad_sample = torch.cat([self.optimizer._get_flat_grad_sample(p), extra.to(p.dtype)], dim=0)
 
     def _batches(self, generator: torch.Generator):
         if self.sampling == "poisson":
@@ -153,6 +174,10 @@ class DPTrainer:
         for p in self.optimizer.params:
             p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
             p.grad = torch.zeros_like(p)
+
+    def _step(self, canary_rng) -> None:
+        if self.canaries is not None:
+            self._insert_canaries(canary_rng)
         self.optimizer.step()
 
     def train(self, global_params: torch.Tensor, generator: torch.Generator) -> LocalResult:
@@ -165,6 +190,7 @@ class DPTrainer:
         self.optimizer.original_optimizer.state = collections.defaultdict(dict)
         self.optimizer.generator = generator
         x, y = self.data.x, self.data.y
+        canary_rng = self.canaries.rng(self.rounds_taken) if self.canaries is not None else None
         steps, total, counted = 0, 0.0, 0
         for idx in self._batches(generator):
             self.optimizer.zero_grad(set_to_none=True)
@@ -176,9 +202,9 @@ class DPTrainer:
                     self.optimizer.expected_batch_size = int(idx.numel())
                 loss = self.loss_fn(self.module(x[idx]), y[idx])
                 loss.backward()
-                self.optimizer.step()
                 total += float(loss.detach())
                 counted += 1
+            self._step(canary_rng)
             steps += 1
         self.optimizer.zero_grad(set_to_none=True)
         self.steps_taken += steps

@@ -19,7 +19,7 @@ import pytest
 from attacks.audit.canary import insert_canaries
 from bench.config import parse_experiment
 from bench.data import build_federation
-from bench.metrics.membership import audit_verdict
+from bench.auditing import audit_verdict
 from bench.runner import run_in_memory
 from bench.seeding import Seeds
 from conftest import tiny_raw
@@ -40,15 +40,28 @@ def test_insert_canaries_is_pure_and_matches_truth(tiny_cfg):
     assert len(np.unique(trained)) == len(trained)
 
 
+def _audit(bound, eps, max_cert=6.0):
+    return {"epsilon_lower_bound": bound, "accountant_epsilon": eps, "delta": 1e-5, "max_certifiable_epsilon": max_cert,
+            "epsilon_estimate": bound, "all_rounds/epsilon_lower_bound": bound, "all_rounds/max_certifiable_epsilon": max_cert}
+
+
 def test_audit_verdict_tags_a_bound_above_epsilon(caplog):
-    metrics = {"attack/canary_audit/epsilon_lower_bound": 2.5, "privacy/epsilon": 1.0}
     with caplog.at_level(logging.ERROR):
-        out, tags = audit_verdict(metrics, ["canary_audit"])
-    assert out == {"audit/epsilon_lower_bound": 2.5} and tags == {"audit_violation": "true"}
+        out, tags = audit_verdict({"a": _audit(2.5, 1.0)}, {"a": ["all_rounds"]})
+    assert out["audit/epsilon_lower_bound"] == 2.5 and out["audit/accountant_epsilon"] == 1.0
+    assert tags == {"audit_violation": "true", "audit_can_fail": "true"}
     assert "AUDIT VIOLATION" in caplog.text
-    _, tags = audit_verdict({**metrics, "privacy/epsilon": 8.0}, ["canary_audit"])
-    assert tags == {"audit_violation": "false"}
-    assert audit_verdict({"attack/lira/auc": 0.6}, []) == ({}, {})
+    _, tags = audit_verdict({"a": _audit(2.5, 8.0, max_cert=9.0)}, {"a": ["all_rounds"]})
+    assert tags == {"audit_violation": "false", "audit_can_fail": "true"}
+    assert audit_verdict({}, {}) == ({}, {})
+
+
+def test_an_audit_that_cannot_certify_the_claimed_epsilon_says_so(caplog):
+    """A ceiling (max certifiable ε) below the accountant's ε: 'no violation' is vacuous."""
+    with caplog.at_level(logging.WARNING):
+        _, tags = audit_verdict({"a": _audit(0.5, 8.0, max_cert=3.5)}, {"a": ["all_rounds"]})
+    assert tags == {"audit_violation": "false", "audit_can_fail": "false"}
+    assert "vacuous" in caplog.text
 
 
 def _audit_cell(defenses):
@@ -67,7 +80,7 @@ def test_audit_finds_leakage_without_defense_and_stays_below_dp_epsilon():
     dp = _audit_cell([{"name": "dp_sgd", "noise_multiplier": 1.0}])
     # stated at a small δ (never the accountant's 1/(10n) when that is larger) and compared with
     # the accountant's ε at that same δ, which is larger than its ε at 1/(10n)
-    assert dp.metrics["attack/canary_audit/delta"] == dp.metrics["audit/delta"] == min(dp.metrics["privacy/delta"], 1e-5)
+    assert dp.metrics["audit/canary_audit/delta"] == dp.metrics["audit/delta"] == min(dp.metrics["privacy/delta"], 1e-5)
     assert dp.metrics["audit/accountant_epsilon"] > dp.metrics["privacy/epsilon"]
     assert dp.metrics["audit/epsilon_lower_bound"] <= dp.metrics["audit/accountant_epsilon"]
     assert dp.tags["audit_violation"] == "false"

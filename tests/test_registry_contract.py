@@ -22,7 +22,7 @@ from bench.runner import run_in_memory
 from bench.seeding import Seeds
 from bench.types import (
     THREAT_MODELS,
-    CanaryScores,
+    AuditScores,
     ConfigError,
     MembershipScores,
     OutsiderView,
@@ -153,7 +153,7 @@ def test_image_only_model_refuses_tabular_data():
 # --------------------------------------------------------------------------- attacks
 
 VIEW_TYPES = {"outsider": OutsiderView, "server": ServerView}
-OUTPUT_TYPES = {"membership": MembershipScores, "source": SourceGuesses, "reconstruction": Reconstructions, "audit": CanaryScores}
+OUTPUT_TYPES = {"membership": MembershipScores, "source": SourceGuesses, "reconstruction": Reconstructions, "audit": AuditScores}
 # the smallest settings that exercise each attack end to end on the tiny federation
 ATTACK_SETTINGS = {
     "loss_threshold": {},
@@ -162,10 +162,17 @@ ATTACK_SETTINGS = {
     "update_cosine": {},
     "source_inference": {},
     "canary_audit": {"num_canaries": 20},
+    "dpsgd_audit": {"num_canaries": 20},
+    "client_canary_audit": {"num_canaries": 20},
     "analytic": {},
     "dlg": {"iterations": 2, "restarts": 1},
     "inverting_gradients": {"iterations": 2, "restarts": 1},
     "tableak": {"iterations": 2, "restarts": 1},
+}
+# the defenses an attack audits (it refuses to run without them)
+ATTACK_DEFENSES = {
+    "dpsgd_audit": [{"name": "dp_sgd", "noise_multiplier": 1.0}],
+    "client_canary_audit": [{"name": "client_dp", "noise_multiplier": 1.0}],
 }
 # the headline metric each kind of attack must produce
 HEADLINE = {"membership": "auc", "source": "accuracy", "reconstruction": "feature_accuracy", "audit": "epsilon_lower_bound"}
@@ -206,11 +213,12 @@ def test_every_attack_runs_end_to_end(name, monkeypatch):
 
     monkeypatch.setattr(cls, "run", spy)
     raw = tiny_raw(attacks=[{"name": name, **ATTACK_SETTINGS[name]}], train__rounds=2, train__batch_size=4,
-                   data__members_per_site=4)
+                   data__members_per_site=4, defenses=ATTACK_DEFENSES.get(name, []))
     result = run_in_memory(parse_experiment(raw))
     assert seen["view"] is VIEW_TYPES[cls.threat_model]
     assert seen["output"] is OUTPUT_TYPES[cls.kind]
-    mine = {k: v for k, v in result.metrics.items() if k.startswith(f"attack/{name}/")}
-    assert f"attack/{name}/{HEADLINE[cls.kind]}" in mine, sorted(mine)
-    assert all(np.isfinite(v) for v in mine.values())
+    family = "audit" if cls.kind == "audit" else "attack"  # audits log under audit/<name>/...
+    mine = {k: v for k, v in result.metrics.items() if k.startswith(f"{family}/{name}/")}
+    assert f"{family}/{name}/{HEADLINE[cls.kind]}" in mine, sorted(mine)
+    assert all(np.isfinite(v) for k, v in mine.items() if not k.endswith("accountant_epsilon") and "_to_" not in k), mine
     assert f"cost/attack/{name}/seconds" in result.metrics

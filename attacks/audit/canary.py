@@ -10,7 +10,7 @@ import torch
 
 from attacks.base import ATTACKS, Attack, per_example_loss
 from bench.models import load_flat
-from bench.types import CanaryScores, ConfigError, DatasetInfo, Federation, OutsiderView, Records, Site
+from bench.types import AuditScores, ConfigError, DatasetInfo, Federation, OutsiderView, Records, Site
 
 
 def make_canaries(info: DatasetInfo, m: int, first_id: int, rng: np.random.Generator, scale: float = 1.0) -> Records:
@@ -69,14 +69,14 @@ class CanaryAudit(Attack):
     which went in. After training the auditor scores every canary by its negative loss
     under the released model, guesses "in" for the top
     ``guess_fraction``·m, "out" for the bottom ``guess_fraction``·m and abstains on the
-    rest. Scoring turns (guesses, correct) into the largest ε for which (ε, δ)-DP is
-    rejected at level ``p_value`` (their Theorem 3.1 with the δ term), at δ = min(the
-    accountant's δ, 1e-5) (``audit/delta``), logged as ``audit/epsilon_lower_bound``. Above
-    the accountant's ε at that δ (``audit/accountant_epsilon``) it is a bug (tag
-    ``audit_violation``).
-
-    The guessing rule is fixed before seeing the scores (no threshold search), so the
-    bound holds with confidence 1 − p. The cell's model trains on the inserted canaries.
+    rest (one rule, declared before the scores are seen). Scoring (``bench.auditing``)
+    turns (guesses, correct) into a certified ε lower bound at confidence 1 − ``p_value``
+    and δ = min(the accountant's δ, 1e-5), beside Steinke et al.'s own bound, a Gaussian-fit
+    estimate and ``max_certifiable_epsilon`` — the most this m and guess count could ever
+    certify (with 100 canaries about 3.5: a black-box audit this small cannot fail against a
+    larger ε; the white-box ``dpsgd_audit`` / ``client_canary_audit`` can). Logged under
+    ``audit/canary_audit/...``; a bound above the accountant's ε at that δ is a bug (tag
+    ``audit_violation``). The cell's model trains on the inserted canaries.
     """
 
     name = "canary_audit"
@@ -97,15 +97,18 @@ class CanaryAudit(Attack):
                 f"attacks.canary_audit.guess_fraction: {params.guess_fraction} of {params.num_canaries} canaries is no guess; raise either"
             )
 
-    def prepare(self, fed: Federation, rng: np.random.Generator) -> tuple[Federation, dict]:
+    def prepare(self, fed: Federation, rng: np.random.Generator, **_) -> tuple[Federation, dict]:
         """Insert the canaries (called by the runner before training); returns the new
         federation and the ground-truth fields only scoring will see."""
         return insert_canaries(fed, self.params.num_canaries, rng, self.params.scale)
 
-    def run(self, view: OutsiderView, rng: np.random.Generator) -> CanaryScores:
+    def run(self, view: OutsiderView, rng: np.random.Generator) -> AuditScores:
         if view.canaries is None:
             raise ConfigError("attacks.canary_audit: no canaries in this federation (the prepare step did not run)")
         model = load_flat(view.model_fn(), view.final_params)
         loss = per_example_loss(model, view.canaries.x, view.canaries.y).numpy().astype(np.float64)
         k = int(round(self.params.guess_fraction * len(view.canaries)))
-        return CanaryScores(ids=view.canaries.ids.copy(), scores=-loss, k_pos=k, k_neg=k, p_value=self.params.p_value)
+        return AuditScores(
+            ids=view.canaries.ids.copy(), observations={"final_model": -loss}, unit="record", party=None,
+            p_value=self.params.p_value, guess_counts=((k, k),),
+        )

@@ -1,0 +1,165 @@
+"""Scoring of one-run audits: certified bound, estimate, ceiling and verdict, per audit.
+
+Only here do an audit's canary scores meet which canaries were really included
+(``GroundTruth.canary_included``). Every number is stated at the audit's δ and compared with
+the accountant's ε for the audited party at that same δ (DESIGN.md: "audits are attacks that
+can fail"). Metric names (``audit/<name>/...``; per observation ``audit/<name>/<obs>/...``):
+
+* ``epsilon_lower_bound`` — certified at confidence 1 − p (f-DP one-run analysis with the
+  (ε, δ) curve; Bonferroni over guess rules), ``epsilon_lower_bound_steinke`` beside it;
+* ``epsilon_estimate`` (+ ``_low``/``_high``) — Gaussian fit of the scores: an estimate,
+  never a bound;
+* ``max_certifiable_epsilon`` — what this many canaries and guesses could ever certify;
+* ``ceiling_epsilon_lower_bound`` / ``ceiling_epsilon_estimate`` — the same analysis on an
+  idealized simulation of the mechanism the accountant was told about (white-box audits);
+* ``accountant_epsilon``, ``bound_to_accountant``, ``estimate_to_accountant``,
+  ``bound_to_ceiling``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from bench.accounting import account
+from bench.metrics import audit as stats
+from bench.types import AuditScores, DPEvent, GroundTruth
+
+log = logging.getLogger(__name__)
+
+AUDIT_DELTA = 1e-5  # the audit is stated at min(accountant δ, this): a bound at δ ~ 1/n means nothing
+HEADLINE = ("epsilon_lower_bound", "epsilon_estimate", "max_certifiable_epsilon", "ceiling_epsilon_lower_bound",
+            "bound_to_accountant", "estimate_to_accountant")
+
+
+def audit_delta(privacy_delta: Optional[float]) -> float:
+    """The δ of every audit in a cell: the accountant's δ, capped at 1e-5."""
+    return AUDIT_DELTA if privacy_delta is None or math.isnan(privacy_delta) else min(privacy_delta, AUDIT_DELTA)
+
+
+def _included(output: AuditScores, truth: GroundTruth) -> np.ndarray:
+    if truth.canary_ids is None or truth.canary_included is None:
+        raise ValueError("audit: the ground truth holds no canaries (did the audit's prepare step run?)")
+    pos = {int(i): k for k, i in enumerate(truth.canary_ids)}
+    return truth.canary_included[np.asarray([pos[int(i)] for i in output.ids], dtype=np.int64)]
+
+
+def party_events(output: AuditScores, events: Sequence[DPEvent]) -> tuple[DPEvent, ...]:
+    """The DP events of the party an audit tests (all of them for a black-box audit)."""
+    if output.party is None:
+        return tuple(events)
+    return tuple(e for e in events if e.unit == output.unit and e.party == output.party)
+
+
+def idealized_mechanism(output: AuditScores, events: Sequence[DPEvent]):
+    """``simulate(rng) -> (scores, included)`` of the mechanism the accountant was told about,
+    seen the way this white-box audit sees it; ``None`` when there is no such model
+    (black-box audits, no DP, several composed mechanisms)."""
+    evs = party_events(output, events)
+    if output.party is None or len(evs) != 1:
+        return None
+    e, m = evs[0], len(output.ids)
+    if e.unit == "record":
+        return functools.partial(stats.simulate_dpsgd_canaries, m, e.steps, e.sample_rate, e.noise_multiplier)
+    if e.sample_rate != 1.0:
+        return None
+    return functools.partial(stats.simulate_fedavg_canaries, m, e.steps, e.noise_multiplier)
+
+
+def accountant_epsilon(output: AuditScores, events: Sequence[DPEvent], accountant: str, delta: float) -> float:
+    """The accountant's ε at ``delta`` for the audited party (the weakest party if unnamed)."""
+    report = account(party_events(output, events), accountant, delta)
+    if not report.is_dp:
+        return math.nan
+    return report.epsilon(output.unit if output.party is not None else None)
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b and math.isfinite(a) and math.isfinite(b) and b > 0 else math.nan
+
+
+def audit_metrics(
+    output: AuditScores,
+    truth: GroundTruth,
+    delta: float,
+    events: Sequence[DPEvent],
+    accountant: str,
+    rng: np.random.Generator,
+    ceiling_reps: int = 5,
+) -> dict[str, float]:
+    """Every number of one audit, keyed relative to ``audit/<name>/``."""
+    included = _included(output, truth)
+    eps = accountant_epsilon(output, events, accountant, delta)
+    mechanism = idealized_mechanism(output, events)
+    out: dict[str, float] = {"delta": float(delta), "canaries": float(len(included)), "accountant_epsilon": eps}
+    ceil = None
+    if mechanism is not None:
+        ceil = stats.ceiling(mechanism, delta, rng, reps=ceiling_reps, p=output.p_value, guess_counts=output.guess_counts)
+    primary = next(iter(output.observations))
+    for obs, scores in output.observations.items():
+        s = stats.audit_summary(scores, included, delta, output.p_value, output.guess_counts, rng=rng)
+        if ceil is not None:
+            s["ceiling_epsilon_lower_bound"] = ceil["epsilon_lower_bound"]
+            s["ceiling_epsilon_lower_bound_steinke"] = ceil["epsilon_lower_bound_steinke"]
+            s["ceiling_epsilon_estimate"] = ceil["epsilon_estimate"]
+            s["bound_to_ceiling"] = _ratio(s["epsilon_lower_bound"], ceil["epsilon_lower_bound"])
+        s["bound_to_accountant"] = _ratio(s["epsilon_lower_bound"], eps)
+        s["estimate_to_accountant"] = _ratio(s["epsilon_estimate"], eps)
+        s.pop("delta", None)
+        s.pop("canaries", None)
+        out.update({f"{obs}/{k}": v for k, v in s.items()})
+        if obs == primary:
+            out.update({k: s[k] for k in HEADLINE if k in s})
+    return out
+
+
+def audit_verdict(per_audit: Mapping[str, Mapping[str, float]], observations: Mapping[str, Sequence[str]]) -> tuple[dict[str, float], dict[str, str]]:
+    """The cell's verdict over its audits.
+
+    ``audit_violation=true`` when any certified bound (any audit, any observation) exceeds
+    the accountant's ε for the audited party at the audit's δ: a bug in the accountant, the
+    mechanism or the audit. ``audit_can_fail=false`` when no audit could certify as much as
+    the accountant's ε (its ``max_certifiable_epsilon`` is below it): then "no violation"
+    says nothing. The cell-level ``audit/epsilon_lower_bound`` and ``audit/accountant_epsilon``
+    are those of the audit whose bound comes closest to (or furthest past) its accountant ε.
+    """
+    if not per_audit:
+        return {}, {}
+    tags: dict[str, str] = {}
+    worst, worst_ratio = None, -math.inf
+    violated, can_fail, comparable = False, False, False
+    for name, m in per_audit.items():
+        eps = m.get("accountant_epsilon", math.nan)
+        bounds = {o: m[f"{o}/epsilon_lower_bound"] for o in observations[name]}
+        ratio = _ratio(m["epsilon_lower_bound"], eps) if math.isfinite(eps) else -math.inf
+        if worst is None or ratio > worst_ratio:
+            worst, worst_ratio = name, ratio
+        if not math.isfinite(eps):
+            continue
+        comparable = True
+        can_fail = can_fail or any(m[f"{o}/max_certifiable_epsilon"] > eps for o in observations[name])
+        for o, b in bounds.items():
+            if b > eps + 1e-9:
+                violated = True
+                log.error(
+                    "AUDIT VIOLATION: %s (%s) certifies epsilon >= %.3f at delta=%.2g, above the accountant's %.3f; "
+                    "the accountant, the DP mechanism or the audit has a bug", name, o, b, m["delta"], eps,
+                )
+    w = per_audit[worst]
+    out = {"audit/epsilon_lower_bound": w["epsilon_lower_bound"], "audit/delta": w["delta"],
+           "audit/max_certifiable_epsilon": w["max_certifiable_epsilon"], "audit/epsilon_estimate": w["epsilon_estimate"]}
+    if comparable:
+        out["audit/accountant_epsilon"] = w["accountant_epsilon"]
+        tags["audit_violation"] = str(violated).lower()
+        tags["audit_can_fail"] = str(can_fail).lower()
+        if not can_fail:
+            log.warning(
+                "audit: no audit in this cell could certify the accountant's epsilon (max certifiable %.3f < %.3f); "
+                "'no violation' is vacuous here: use more canaries or a white-box audit", w["max_certifiable_epsilon"],
+                w["accountant_epsilon"],
+            )
+    return out, tags
