@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 AUDIT_DELTA = 1e-5  # the audit is stated at min(accountant δ, this): a bound at δ ~ 1/n means nothing
 HEADLINE = ("epsilon_lower_bound", "epsilon_estimate", "max_certifiable_epsilon", "ceiling_epsilon_lower_bound",
-            "bound_to_accountant", "estimate_to_accountant")
+            "bound_to_accountant", "estimate_to_accountant", "claim_rejected", "claim_rejectable")
 
 
 def audit_delta(privacy_delta: Optional[float]) -> float:
@@ -78,6 +78,47 @@ def accountant_epsilon(output: AuditScores, events: Sequence[DPEvent], accountan
     return report.epsilon(output.unit if output.party is not None else None)
 
 
+PROFILE_DELTAS = tuple(float(d) for d in np.logspace(-12, -1, 23))  # δ grid of the claimed privacy profile
+
+
+def claimed_profile(output: AuditScores, events: Sequence[DPEvent], accountant: str) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """The accountant's claim for the audited party as (ε_i, δ_i) pairs over a δ grid
+    (``None`` without DP). Each pair is a guarantee the accountant states; together they
+    claim f-DP for f = max_i f_{ε_i, δ_i} (Dong, Roth, Su 2022), a curve, not one point."""
+    evs = party_events(output, events)
+    eps = [accountant_epsilon(output, evs, accountant, d) for d in PROFILE_DELTAS]
+    if not all(math.isfinite(e) for e in eps):
+        return None
+    return np.asarray(eps), np.asarray(PROFILE_DELTAS)
+
+
+def profile_rejected(profile: tuple[np.ndarray, np.ndarray], m: int, r: int, v: int, level: float) -> bool:
+    """Whether v right guesses of r reject the accountant's whole claimed profile at ``level``
+    (the f-DP one-run test of Mahloujifar et al. with the claimed curve). Stronger than
+    comparing one bound with one ε: rejecting the ε at the audit's δ rejects the profile, not
+    conversely."""
+    eps, deltas = profile
+
+    def psi(y):
+        return np.max([stats.dp_inverse_blow_up(y, e, d) for e, d in zip(eps, deltas)], axis=0)
+
+    return bool(stats.fdp_rejects(psi, m, r, v, level))
+
+
+def claim_test(scores: np.ndarray, included: np.ndarray, profile, p: float, guess_counts) -> dict[str, float]:
+    """``claim_rejected`` (the data reject the accountant's profile at level p, Bonferroni over
+    the guess rules) and ``claim_rejectable`` (all guesses right would: the audit can fail)."""
+    m = len(scores)
+    rules = tuple(guess_counts) if guess_counts is not None else stats.default_guess_counts(m)
+    level = p / len(rules)
+    rejected = rejectable = False
+    for k_pos, k_neg in rules:
+        r, v = stats.count_correct(stats.guesses(scores, k_pos, k_neg), included)
+        rejected = rejected or profile_rejected(profile, m, r, v, level)
+        rejectable = rejectable or profile_rejected(profile, m, r, r, level)
+    return {"claim_rejected": float(rejected), "claim_rejectable": float(rejectable)}
+
+
 def _ratio(a: float, b: float) -> float:
     return a / b if b and math.isfinite(a) and math.isfinite(b) and b > 0 else math.nan
 
@@ -95,7 +136,10 @@ def audit_metrics(
     included = _included(output, truth)
     eps = accountant_epsilon(output, events, accountant, delta)
     mechanism = idealized_mechanism(output, events)
-    out: dict[str, float] = {"delta": float(delta), "canaries": float(len(included)), "accountant_epsilon": eps}
+    out: dict[str, float] = {
+        "delta": float(delta), "canaries": float(len(included)), "accountant_epsilon": eps, "p_value": float(output.p_value),
+    }
+    profile = claimed_profile(output, events, accountant)
     ceil = None
     if mechanism is not None:
         ceil = stats.ceiling(mechanism, delta, rng, reps=ceiling_reps, p=output.p_value, guess_counts=output.guess_counts)
@@ -107,6 +151,8 @@ def audit_metrics(
             s["ceiling_epsilon_lower_bound_steinke"] = ceil["epsilon_lower_bound_steinke"]
             s["ceiling_epsilon_estimate"] = ceil["epsilon_estimate"]
             s["bound_to_ceiling"] = _ratio(s["epsilon_lower_bound"], ceil["epsilon_lower_bound"])
+        if profile is not None:
+            s.update(claim_test(scores, included, profile, output.p_value, output.guess_counts))
         s["bound_to_accountant"] = _ratio(s["epsilon_lower_bound"], eps)
         s["estimate_to_accountant"] = _ratio(s["epsilon_estimate"], eps)
         s.pop("delta", None)
@@ -120,9 +166,10 @@ def audit_metrics(
 def audit_verdict(per_audit: Mapping[str, Mapping[str, float]], observations: Mapping[str, Sequence[str]]) -> tuple[dict[str, float], dict[str, str]]:
     """The cell's verdict over its audits.
 
-    ``audit_violation=true`` when any certified bound (any audit, any observation) exceeds
-    the accountant's ε for the audited party at the audit's δ: a bug in the accountant, the
-    mechanism or the audit. ``audit_can_fail=false`` when no audit could certify as much as
+    ``audit_violation=true`` when any audit, in any observation, certifies an ε above the
+    accountant's ε for the audited party at the audit's δ, or rejects the accountant's whole
+    claimed privacy profile (``claim_rejected``): a bug in the accountant, the mechanism or
+    the audit. ``audit_can_fail=false`` when no audit could certify as much as
     the accountant's ε (its ``max_certifiable_epsilon`` is below it): then "no violation"
     says nothing. The cell-level ``audit/epsilon_lower_bound`` and ``audit/accountant_epsilon``
     are those of the audit whose bound comes closest to (or furthest past) its accountant ε.
@@ -141,13 +188,22 @@ def audit_verdict(per_audit: Mapping[str, Mapping[str, float]], observations: Ma
         if not math.isfinite(eps):
             continue
         comparable = True
-        can_fail = can_fail or any(m[f"{o}/max_certifiable_epsilon"] > eps for o in observations[name])
+        can_fail = can_fail or any(
+            m[f"{o}/max_certifiable_epsilon"] > eps or m.get(f"{o}/claim_rejectable", 0.0) > 0 for o in observations[name]
+        )
         for o, b in bounds.items():
             if b > eps + 1e-9:
                 violated = True
                 log.error(
                     "AUDIT VIOLATION: %s (%s) certifies epsilon >= %.3f at delta=%.2g, above the accountant's %.3f; "
                     "the accountant, the DP mechanism or the audit has a bug", name, o, b, m["delta"], eps,
+                )
+            elif m.get(f"{o}/claim_rejected", 0.0) > 0:
+                violated = True
+                log.error(
+                    "AUDIT VIOLATION: %s (%s) rejects the accountant's privacy profile (epsilon %.3f at delta=%.2g and "
+                    "the other (epsilon, delta) pairs it claims) at confidence %.0f%%; the accountant, the DP mechanism "
+                    "or the audit has a bug", name, o, eps, m["delta"], 100 * (1 - m.get("p_value", 0.05)),
                 )
     w = per_audit[worst]
     out = {"audit/epsilon_lower_bound": w["epsilon_lower_bound"], "audit/delta": w["delta"],

@@ -37,6 +37,10 @@ ALLOWED_BENCH_NAMES = {
     ("bench.training", "make_optimizer"),
     # DP-SGD calibrates σ to a target ε at the same default δ the accountant uses
     ("bench.accounting", "default_delta"),
+    # white-box audits: canary insertion lives in bench/ (DESIGN.md) so that the attack only
+    # crafts directions and DP-SGD only inserts what the federation carries
+    ("bench.canaries", "insert_audit_canaries"),
+    ("bench.canaries", "GradientCanarySampler"),
 }
 
 

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from bench.metrics.audit import guesses as one_run_guesses
+from bench.metrics.audit import rule_audit as one_run_audit
+from bench.metrics.audit import steinke_epsilon_lower_bound as one_run_epsilon_lower_bound
+from bench.metrics.audit import steinke_p_value as one_run_p_value
 from bench.metrics.membership import (
     clopper_pearson,
     epsilon_lower_bound_from_roc,
     membership_metrics,
-    one_run_audit,
-    one_run_epsilon_lower_bound,
-    one_run_guesses,
-    one_run_p_value,
     roc_counts,
     tpr_at_fpr_ci,
 )

@@ -1,28 +1,23 @@
 """Membership-inference metrics: ROC, AUC, TPR at low FPR with Clopper–Pearson intervals,
-advantage, ε lower bounds from a ROC and from a one-run canary audit.
-
-Two kinds of ε lower bound live here:
+advantage, and a heuristic ε from a ROC.
 
 * :func:`epsilon_lower_bound_from_roc` — the hypothesis-testing bound used in DP auditing
   (Kairouz et al. 2015; Jagielski, Ullman, Oprea 2020; Nasr et al. 2021): an (ε, δ)-DP
   mechanism forces ``FPR + e^ε·FNR ≥ 1 − δ`` and ``FNR + e^ε·FPR ≥ 1 − δ`` for every test.
   FPR and FNR are replaced by their Clopper–Pearson upper bounds. The maximum over
   thresholds picks the threshold on the same scores, so it is an optimistic (heuristic)
-  bound for the MIA; the canary audit below is the one with a clean confidence level.
-* :func:`one_run_epsilon_lower_bound` — Steinke, Nasr, Jagielski (NeurIPS 2023), "Privacy
-  Auditing with One (1) Training Run", Theorem 3.1 / Proposition 5.7: with m canaries each
-  included with probability ½, an auditor who makes r guesses of which v are right rejects
-  (ε, δ)-DP at level p when ``P[Bin(r, e^ε/(1+e^ε)) ≥ v] + 2mδ·max_i P[v > Bin ≥ v−i]/i < p``.
+  bound for the MIA. Certified bounds come from the one-run audits, whose statistics live in
+  :mod:`bench.metrics.audit` (scored by :mod:`bench.auditing`).
 """
 
 from __future__ import annotations
 
-import logging
 import math
 
 import numpy as np
 from scipy import stats
 from sklearn.metrics import roc_auc_score, roc_curve
+
 
 FPR_LEVELS = (0.01, 0.001)
 CONFIDENCE_ALPHA = 0.05  # 95% two-sided Clopper–Pearson intervals
@@ -142,114 +137,3 @@ def roc_points(scores: np.ndarray, is_member: np.ndarray) -> tuple[np.ndarray, n
     fpr, tpr, _ = roc_curve(np.asarray(is_member, bool), _clean(scores))
     return fpr, tpr
 
-
-# --------------------------------------------------------------------------- one-run audit
-
-
-def one_run_p_value(m: int, r: int, v: int, epsilon: float, delta: float) -> float:
-    """P-value of ≥ v correct guesses out of r under the null "(ε, δ)-DP" (Steinke et al. 2023).
-
-    ``q = e^ε/(1+e^ε)`` is the accuracy of ε-DP randomized response; the δ term is
-    ``2·m·δ·max_{1≤i≤v} P[v > Bin(r, q) ≥ v − i] / i`` (their Proposition 5.7).
-    """
-    if not 0 <= v <= r <= m:
-        raise ValueError(f"one-run audit: need 0 <= v <= r <= m; got m={m}, r={r}, v={v}")
-    q = 1.0 / (1.0 + math.exp(-epsilon))
-    beta = float(stats.binom.sf(v - 1, r, q))  # P[Bin(r, q) >= v]
-    if v == 0 or delta == 0:
-        return min(beta, 1.0)
-    pmf = stats.binom.pmf(np.arange(v - 1, -1, -1), r, q)  # pmf(v-1), pmf(v-2), ..., pmf(0)
-    alpha = float(np.max(np.cumsum(pmf) / np.arange(1, v + 1)))
-    return min(beta + 2 * m * delta * alpha, 1.0)
-
-
-def one_run_epsilon_lower_bound(m: int, r: int, v: int, delta: float, p: float = 0.05) -> float:
-    """Largest ε such that (ε, δ)-DP is rejected at level ``p`` by r guesses with v correct.
-
-    Binary search on the monotone p-value; 0 when even ε = 0 cannot be rejected.
-    """
-    if one_run_p_value(m, r, v, 0.0, delta) >= p:
-        return 0.0
-    lo, hi = 0.0, 1.0
-    while one_run_p_value(m, r, v, hi, delta) < p:
-        lo, hi = hi, hi * 2
-        if hi > 1e3:
-            return float(lo)
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        if one_run_p_value(m, r, v, mid, delta) < p:
-            lo = mid
-        else:
-            hi = mid
-    return float(lo)
-
-
-def one_run_guesses(scores: np.ndarray, k_pos: int, k_neg: int) -> np.ndarray:
-    """The auditor's guesses: +1 for the ``k_pos`` highest scores, −1 for the ``k_neg``
-    lowest, 0 (abstain) otherwise. Ties are broken by position (stable sort)."""
-    n = len(scores)
-    if k_pos + k_neg > n:
-        raise ValueError(f"one-run audit: k_pos + k_neg = {k_pos + k_neg} guesses exceed {n} canaries")
-    order = np.argsort(-np.asarray(scores, np.float64), kind="mergesort")
-    guess = np.zeros(n, np.int64)
-    guess[order[:k_pos]] = 1
-    if k_neg:
-        guess[order[n - k_neg :]] = -1
-    return guess
-
-
-def one_run_audit(
-    scores: np.ndarray, included: np.ndarray, k_pos: int, k_neg: int, delta: float, p: float = 0.05
-) -> dict[str, float]:
-    """Score a one-run canary audit: counts and the ε lower bound at ``delta``, level ``p``."""
-    included = np.asarray(included, bool)
-    guess = one_run_guesses(scores, k_pos, k_neg)
-    r = int((guess != 0).sum())
-    v = int(((guess == 1) & included).sum() + ((guess == -1) & ~included).sum())
-    m = len(included)
-    return {
-        "canaries": float(m),
-        "guesses": float(r),
-        "correct": float(v),
-        "epsilon_lower_bound": one_run_epsilon_lower_bound(m, r, v, delta, p),
-    }
-
-
-def canary_audit_metrics(output, truth, delta: float) -> dict[str, float]:
-    """Score a :class:`bench.types.CanaryScores` against the canaries' true inclusion.
-
-    Only here does the inclusion of each canary (``GroundTruth.canary_included``) meet the
-    auditor's scores. The bound is stated at ``delta`` (the accountant's δ when DP).
-    """
-    if truth.canary_ids is None or truth.canary_included is None:
-        raise ValueError("canary audit: the ground truth holds no canaries (did the audit's prepare step run?)")
-    pos = {int(i): k for k, i in enumerate(truth.canary_ids)}
-    idx = np.asarray([pos[int(i)] for i in output.ids], dtype=np.int64)
-    out = one_run_audit(output.scores, truth.canary_included[idx], output.k_pos, output.k_neg, delta, output.p_value)
-    out["delta"] = float(delta)
-    return out
-
-
-def audit_verdict(metrics: dict, audit_names: list) -> tuple[dict[str, float], dict[str, str]]:
-    """``audit/epsilon_lower_bound`` (max over audit attacks) beside the accountant's ε at the
-    audit's δ (``audit/accountant_epsilon``, else ``privacy/epsilon``).
-
-    If the empirical lower bound exceeds the accountant's ε, something is wrong (the
-    accountant, the mechanism or the audit): tag ``audit_violation=true`` and log an error.
-    """
-    bounds = [metrics[f"attack/{n}/epsilon_lower_bound"] for n in audit_names if f"attack/{n}/epsilon_lower_bound" in metrics]
-    if not bounds:
-        return {}, {}
-    lb = float(max(bounds))
-    out = {"audit/epsilon_lower_bound": lb}
-    eps = metrics.get("audit/accountant_epsilon", metrics.get("privacy/epsilon"))
-    tags = {}
-    if eps is not None and math.isfinite(eps):
-        violated = lb > eps + 1e-9
-        tags["audit_violation"] = str(violated).lower()
-        if violated:
-            logging.getLogger(__name__).error(
-                "AUDIT VIOLATION: the one-run audit's epsilon lower bound %.3f exceeds the accountant's epsilon %.3f; "
-                "the accountant, the DP mechanism or the audit has a bug", lb, eps,
-            )
-    return out, tags
