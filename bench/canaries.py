@@ -18,7 +18,7 @@ attacks receive only the directions.
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -102,8 +102,9 @@ class GradientCanarySampler:
         return [chunk.reshape(len(chosen), *shape) for chunk, shape in zip(torch.split(flat, self.sizes, dim=1), self.shapes)]
 
 
-def client_canary_updates(canaries: InsertedCanaries) -> Mapping[str, torch.Tensor]:
-    """The included canary clients' updates ``scale·dᵢ``, keyed ``canary:<id>``."""
+def client_canary_updates(canaries: InsertedCanaries) -> tuple[tuple[str, ...], torch.Tensor]:
+    """The included canary clients' names (``canary:<id>``) and updates ``scale·dᵢ`` as one
+    (K, P) stack."""
     idx = canaries.included_index()
-    rows = canaries.directions.rows(idx) * float(canaries.scale)
-    return {f"canary:{int(canaries.directions.ids[i])}": rows[k] for k, i in enumerate(idx)}
+    names = tuple(f"canary:{int(canaries.directions.ids[i])}" for i in idx)
+    return names, canaries.directions.rows(idx) * float(canaries.scale)

@@ -59,20 +59,30 @@ def payload_bytes(update: torch.Tensor) -> float:
     return float(min(dense, sparse))
 
 
-def canary_client_sum(audit, defenses: Sequence[Defense], r: int, num_participants: int, seeds: Seeds) -> torch.Tensor:
-    """Σ of the included canary clients' updates (after every client hook), each weighted
-    1/m with m the number of real participants: a fixed public denominator, so that adding
-    one canary moves the mean by exactly C/m — the add/remove neighbour client_dp accounts.
+def canary_client_sum(
+    names: Sequence[str], stack: torch.Tensor, defenses: Sequence[Defense], r: int, num_participants: int, seed: int
+) -> torch.Tensor:
+    """Σ of the included canary clients' updates ``stack`` (K, P), after every client hook,
+    each weighted 1/m with m the number of real participants: a fixed public denominator,
+    so that adding one canary moves the mean by exactly C/m — the add/remove neighbour
+    client_dp accounts.
 
     The canaries never join the hospitals' updates (no hospital-level view holds them); under
     secure aggregation their sum is added beside the protocol's, which equals the plain sum.
+    Hooks that map a stack row by row get it in one call; the others, one canary at a time.
     """
-    total = torch.zeros(audit.directions.num_params)
-    for key, u in client_canary_updates(audit).items():
+    def ctx(site: str, k: int) -> ClientContext:
+        return ClientContext(site=site, round=r, num_samples=0, generator=torch.Generator().manual_seed(seed + k))
+
+    if all(d.stacks_updates() for d in defenses):
         for d in defenses:  # client hooks in list order, exactly as for a hospital
-            ctx = ClientContext(site=key, round=r, num_samples=0, generator=seeds.torch("defense", d.name, key, r))
-            u = d.transform_update(u, ctx)
-        total = total + u
+            stack = d.transform_update(stack, ctx("canaries", 0))
+        return stack.sum(dim=0) / num_participants
+    total = torch.zeros(stack.shape[1], dtype=stack.dtype)
+    for k, (name, u) in enumerate(zip(names, stack)):
+        for d in defenses:
+            u = d.transform_update(u, ctx(name, k))
+        total += u
     return total / num_participants
 
 
@@ -106,6 +116,7 @@ def run_federated(
     settings = local_settings(train_cfg)
     trainers = {}
     audit = fed.audit_canaries
+    canary_clients = client_canary_updates(audit) if audit is not None and audit.kind == "client" else None
     for site in fed.sites:
         grad_canaries = audit if audit is not None and audit.kind == "gradient" and audit.site == site.name else None
         trainer = PlainTrainer(copy.deepcopy(initial_model), site.train, settings, canaries=grad_canaries)
@@ -146,8 +157,8 @@ def run_federated(
         t_agg = time.perf_counter()
         summed = aggregator.aggregate(updates, weights, sctx) if aggregator else weighted_sum(updates, weights)
         agg_seconds = time.perf_counter() - t_agg
-        if audit is not None and audit.kind == "client":
-            summed = summed + canary_client_sum(audit, defenses, r, len(participants), seeds)
+        if canary_clients is not None and len(canary_clients[0]):
+            summed = summed + canary_client_sum(*canary_clients, defenses, r, len(participants), seeds.int_seed("canary", r))
         aggregate = summed
         for d in reversed(defenses):  # server hooks in reverse order
             aggregate = d.transform_aggregate(aggregate, sctx)

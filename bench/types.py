@@ -192,13 +192,16 @@ class CanaryDirections:
     def rows(self, index: np.ndarray) -> torch.Tensor:
         """The unit vectors of canaries ``index`` as dense float32 rows, shape (len(index), P)."""
         index = np.asarray(index, dtype=np.int64)
-        onehot = np.zeros((len(index), self.num_params))
-        onehot[np.arange(len(index)), self.coordinates[index]] = 1.0
-        if self.kind == "random" and len(index):
+        out = np.zeros((len(index), self.num_params), np.float32)
+        out[np.arange(len(index)), self.coordinates[index]] = 1.0
+        if self.kind == "random":
             from scipy.fft import idct
 
-            onehot = idct(onehot, type=2, norm="ortho", axis=1) * self.signs
-        return torch.from_numpy(onehot.astype(np.float32))
+            signs = self.signs.astype(np.float32)
+            for start in range(0, len(index), 512):  # in blocks: one float32 transform each
+                block = out[start : start + 512]
+                block[:] = idct(block, type=2, norm="ortho", axis=1, overwrite_x=True) * signs
+        return torch.from_numpy(out)
 
     def project(self, v: torch.Tensor) -> np.ndarray:
         """⟨v, dᵢ⟩ for every canary i, shape (m,)."""

@@ -98,6 +98,11 @@ class Defense:
         """Client side: return a new update; never mutate ``update``."""
         return update
 
+    def stacks_updates(self) -> bool:
+        """Whether :meth:`transform_update` maps a (K, P) stack of updates row by row, with the
+        same result as K separate calls and no per-call state (the identity does)."""
+        return type(self).transform_update is Defense.transform_update
+
     def aggregate(
         self, updates: Mapping[str, torch.Tensor], weights: Mapping[str, float], ctx: ServerContext
     ) -> torch.Tensor:

@@ -149,6 +149,9 @@ class ClientDP(Defense):
             self.bits[(ctx.round, ctx.site)] = (1.0 if norm <= self.clip else 0.0) - 0.5
         return clip_l2(update, self.clip)
 
+    def stacks_updates(self) -> bool:
+        return not self.params.adaptive  # adaptive clipping records one bit per call
+
     def transform_aggregate(self, aggregate: torch.Tensor, ctx: ServerContext) -> torch.Tensor:
         m = len(ctx.participants)
         std = self.update_z * self.clip / m

@@ -38,3 +38,6 @@ class Clipping(Defense):
 
     def transform_update(self, update: torch.Tensor, ctx: ClientContext) -> torch.Tensor:
         return clip_l2(update, self.params.max_norm)
+
+    def stacks_updates(self) -> bool:
+        return True  # clip_l2 clips row by row

@@ -144,12 +144,20 @@ class DPTrainer:
 
     def _insert_canaries(self, rng) -> None:
         # White-box audit: each included gradient canary joins this step with probability q,
-        # as one more per-sample gradient row that Opacus clips and noises like a record's.
+        # as per-sample gradient rows that Opacus's own clip_and_accumulate clips and adds to
+        # the step's clipped sum (p.summed_grad) before the records' rows join it in step():
+        # the noise then covers both, exactly as if the canaries were records (no copy of
+        # the records' per-sample gradients is needed).
         rows = self.canaries.rows(rng)
         if len(rows[0]) == 0:
             return
-        for p, extra in zip(self.optimizer.params, rows):
-            p.grad_sample = torch.cat([self.optimizer._get_flat_grad_sample(p), extra.to(p.dtype)], dim=0)
+        params = self.optimizer.params
+        records = [p.grad_sample for p in params]
+        for p, extra in zip(params, rows):
+            p.grad_sample = extra.to(p.dtype)
+        self.optimizer.clip_and_accumulate()
+        for p, g in zip(params, records):
+            p.grad_sample = g
 
     def _batches(self, generator: torch.Generator):
         if self.sampling == "poisson":

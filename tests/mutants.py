@@ -103,3 +103,50 @@ def substituted(bug: str) -> Iterator[None]:
         yield
     finally:
         DEFENSES._items[name] = real
+
+
+def _heart(data_dir: str, **over) -> dict:
+    """The audit suite's base cell (experiments/audit.yaml) with overrides."""
+    raw = {
+        "data": {"name": "heart_disease", "partition": "natural", "data_dir": data_dir, "download": False},
+        "model": {"name": "mlp", "hidden": [256]},
+        "train": {"rounds": 25, "local_epochs": 1, "batch_size": 16, "optimizer": "sgd", "lr": 0.1},
+        "privacy": {"accountant": "rdp", "delta": 1e-5},
+        "seed": 0,
+    }
+    for key, value in over.items():
+        section, _, leaf = key.partition("__")
+        if leaf:
+            raw[section] = {**raw[section], leaf: value}
+        else:
+            raw[key] = value
+    return raw
+
+
+WHITEBOX = [{"name": "dpsgd_audit", "num_canaries": 5000}]
+
+
+def bug_config(bug: str, data_dir: str, attacks: list | None = None) -> dict:
+    """The documented configuration in which each bug is meant to be caught (docs/bench-audit.md).
+
+    Record-level bugs in the mechanism: DP-SGD on the largest hospital at a claimed ε of 2–4.
+    Accountant bugs: full-batch DP-SGD (q = 1, σ = 2.5), where the mechanism is exactly
+    Gaussian and the one-run analysis is tightest.
+    """
+    sgd = lambda **p: [{"name": "dp_sgd", "max_grad_norm": 1.0, **p}]  # noqa: E731
+    configs = {
+        "noise_halved": _heart(data_dir, defenses=sgd(target_epsilon=2.0)),
+        "no_noise": _heart(data_dir, defenses=sgd(target_epsilon=4.0)),
+        "no_clipping": _heart(data_dir, defenses=sgd(target_epsilon=2.0)),
+        "accountant_half_rate": _heart(data_dir, train__batch_size=128, defenses=sgd(noise_multiplier=2.5)),
+        "accountant_one_epoch": _heart(data_dir, train__batch_size=128, train__local_epochs=2, defenses=sgd(noise_multiplier=2.5)),
+        "client_noise_over_m_squared": _heart(
+            data_dir, defenses=[{"name": "client_dp", "noise_multiplier": 5.0, "clip_norm": 0.5}],
+            attacks=[{"name": "client_canary_audit", "num_canaries": 5000}],
+        ),
+    }
+    raw = configs[bug]
+    raw.setdefault("attacks", WHITEBOX)
+    if attacks is not None:
+        raw["attacks"] = attacks
+    return raw

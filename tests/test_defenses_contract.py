@@ -140,3 +140,25 @@ def test_dp_claim_matches_events_and_runs_in_a_federation(name, tiny_cfg):
     assert all(e.unit == d.privacy_unit for e in rec.dp_events)
     assert all(r.updates_hidden == d.hides_updates for r in rec.rounds)
     assert torch.isfinite(rec.final_params).all()
+
+
+STACK_CASES = [(n, VALID[n]) for n in DEFENSES.names()] + [("client_dp", {"noise_multiplier": 0.5, "clip_norm": 0.5})]
+
+
+@pytest.mark.parametrize("name,params", STACK_CASES)
+def test_a_defense_that_stacks_updates_maps_rows_like_separate_calls(name, params):
+    """Canary clients reach the client hooks as one (K, P) stack when every defense says it
+    can take one: the result must equal K separate calls."""
+    cls = DEFENSES.get(name)
+    d = cls(cls.Params(**params))
+    if not d.stacks_updates():
+        pytest.skip(f"{name} with {params} takes one update at a time")
+    facts = FederationFacts(("a", "b"), {"a": 10, "b": 10}, 2, 1, 50, 1, 4, "rdp", None)
+    d.setup(facts)
+    stack = torch.randn(6, 50, generator=torch.Generator().manual_seed(0)) * torch.tensor([[0.1], [1], [3], [0.5], [10], [0.01]])
+    ctx = lambda: ClientContext(site="a", round=1, num_samples=10, generator=torch.Generator().manual_seed(1))  # noqa: E731
+    before = stack.clone()
+    together = d.transform_update(stack, ctx())
+    one_by_one = torch.stack([d.transform_update(row, ctx()) for row in stack])
+    assert torch.allclose(together, one_by_one, atol=1e-6)
+    assert torch.equal(stack, before)  # pure: the input is not modified
