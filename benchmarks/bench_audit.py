@@ -1,7 +1,7 @@
 """Audits that can fail: what one run certifies, estimates and could ever certify, and which
 deliberately broken DP implementations each audit catches.
 
-1. ``sweep`` — DP-SGD at accountant ε ∈ {1, 2, 4, 8} (δ = 1e-5) with the white-box
+1. ``sweep`` and ``cost`` — DP-SGD at accountant ε ∈ {1, 2, 4, 8} (δ = 1e-5) with the white-box
    ``dpsgd_audit`` (5,000 gradient canaries) and client_dp at two noise levels with
    ``client_canary_audit`` (5,000 canary clients): certified bound (f-DP, Steinke), GDP-family
    ε, Gaussian-fit estimate with its interval, the ceiling of the analysis (the same analysis
@@ -30,6 +30,7 @@ import copy
 import logging
 import math
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -75,31 +76,48 @@ def f(x: float, nd: int = 2) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
 
 
-def sweep(data_dir: str) -> None:
+def sweep_cells(data_dir: str) -> list[tuple[str, dict]]:
     cells = [(f"dp_sgd ε={e:g}", _heart(data_dir, defenses=[{"name": "dp_sgd", "target_epsilon": e, "max_grad_norm": 1.0}],
                                        attacks=[{"name": "dpsgd_audit", "num_canaries": 5000}])) for e in (1.0, 2.0, 4.0, 8.0)]
     cells += [(f"client_dp z={z:g}", _heart(data_dir, defenses=[{"name": "client_dp", "noise_multiplier": z, "clip_norm": 0.5}],
                                             attacks=[{"name": "client_canary_audit", "num_canaries": 5000}])) for z in (2.0, 5.0)]
+    return cells
+
+
+def sweep(cells: list[tuple[str, dict]]) -> None:
     print("\n## Sweep (seed 0, δ = 1e-5, 95 % confidence)\n")
     print("| cell | audit / observation | accountant ε | certified bound (f-DP) | Steinke | GDP-family ε | estimate [95 % CI] | "
           "two-variance estimate | ceiling: bound / estimate | bound / ceiling | bound / ε | estimate / ε | max certifiable |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    costs = []
     for label, raw in cells:
         res = run(raw)
         for name, o, r in audit_rows(res):
             print(f"| {label} | {name} / {o} | {f(r['eps'])} | {f(r['bound'])} | {f(r['steinke'])} | {f(r['gdp'])} | "
                   f"{f(r['est'])} [{f(r['est_lo'])}, {f(r['est_hi'])}] | {f(r['est_2v'])} | {f(r['ceil'])} / {f(r['ceil_est'])} | "
                   f"{f(r['bound'] / r['ceil'])} | {f(r['bound'] / r['eps'])} | {f(r['est'] / r['eps'])} | {f(r['max'])} |")
-        plain = run({**copy.deepcopy(raw), "attacks": []})
+        sys.stdout.flush()
+
+
+def cost(cells, repeats: int = 3) -> None:
+    """Training time of each cell with and without its audit (median of ``repeats``), with σ
+    fixed to the calibrated value so that the calibration's search is not timed."""
+    print(f"\n## Cost of the audit (same cell and seed, median of {repeats} runs; σ fixed, so calibration is not timed)\n")
+    print("| cell | training without audit (s) | training with canaries (s) | ratio | audit scoring (s) | (training + scoring) / training without |")
+    print("|---|---|---|---|---|---|")
+    for label, raw in cells:
+        raw = copy.deepcopy(raw)
+        d = raw["defenses"][0]
+        if "target_epsilon" in d:
+            sigma = run({**raw, "attacks": []}).metrics["defense/dp_sgd/site/cleveland/noise_multiplier"]
+            raw["defenses"] = [{**{k: v for k, v in d.items() if k != "target_epsilon"}, "noise_multiplier": sigma}]
         name = raw["attacks"][0]["name"]
-        costs.append((label, plain.metrics["cost/train_seconds"], res.metrics["cost/train_seconds"],
-                      res.metrics[f"cost/attack/{name}/seconds"]))
-    print("\n## Cost of the audit (same cell and seed, without vs. with the audit)\n")
-    print("| cell | training without audit (s) | training with canaries (s) | audit scoring (s) | (training + scoring) / training without |")
-    print("|---|---|---|---|---|")
-    for label, t0, t1, ta in costs:
-        print(f"| {label} | {t0:.1f} | {t1:.1f} | {ta:.1f} | {(t1 + ta) / t0:.2f}× |")
+        plain = [run({**raw, "attacks": []}).metrics["cost/train_seconds"] for _ in range(repeats)]
+        audited = [run(raw).metrics for _ in range(repeats)]
+        t0 = statistics.median(plain)
+        t1 = statistics.median(m["cost/train_seconds"] for m in audited)
+        ta = statistics.median(m[f"cost/attack/{name}/seconds"] for m in audited)
+        print(f"| {label} | {t0:.2f} | {t1:.2f} | {t1 / t0:.2f}× | {ta:.2f} | {(t1 + ta) / t0:.2f}× |")
+        sys.stdout.flush()
 
 
 def detect(data_dir: str, seeds: int) -> None:
@@ -153,14 +171,16 @@ def alarms(data_dir: str, seeds: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--part", choices=["sweep", "detect", "alarms", "all"], default="all")
+    ap.add_argument("--part", choices=["sweep", "cost", "detect", "alarms", "all"], default="all")
     ap.add_argument("--seeds", type=int, default=20, help="seeds per honest configuration (alarms)")
     ap.add_argument("--detect-seeds", type=int, default=3, help="seeds per cell of the detection matrix")
     ap.add_argument("--data-dir", default=os.environ.get("PRIVBENCH_DATA_DIR", str(ROOT.parent / "shared/data/uci-heart-disease")))
     args = ap.parse_args()
     logging.disable(logging.CRITICAL)  # the AUDIT VIOLATION errors are the point here
     if args.part in ("sweep", "all"):
-        sweep(args.data_dir)
+        sweep(sweep_cells(args.data_dir))
+    if args.part in ("cost", "all"):
+        cost(sweep_cells(args.data_dir))
     if args.part in ("detect", "all"):
         detect(args.data_dir, args.detect_seeds)
     if args.part in ("alarms", "all"):

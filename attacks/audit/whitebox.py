@@ -30,6 +30,14 @@ def _directions(view: ServerView, attack: str):
     return view.canary_directions
 
 
+def _check_size(attack: str, m: int, num_params: int) -> None:
+    if m > num_params:
+        raise ConfigError(
+            f"attacks.{attack}.num_canaries: got {m}, but the model has only {num_params} parameters (one orthogonal "
+            f"direction per canary); lower num_canaries to <= {num_params} or widen the model (e.g. model.hidden: [256])"
+        )
+
+
 def _released_deltas(view: ServerView) -> list[torch.Tensor]:
     """θ_r − θ_{r−1} for every round: the released models' differences (noise included)."""
     models = [r.global_params for r in view.rounds] + [view.final_params]
@@ -91,6 +99,14 @@ class DPSGDAudit(Attack):
     @classmethod
     def label(cls, params) -> str:
         return f"dpsgd_audit(m={params.num_canaries})"
+
+    @classmethod
+    def check_federation(cls, params, fed: Federation, num_params: int) -> None:
+        """Refuse, once the data is loaded, an audited hospital that does not exist or a model
+        with fewer parameters than canaries."""
+        if params.site is not None and params.site not in fed.site_names:
+            raise ConfigError(f"attacks.dpsgd_audit.site: got {params.site!r}; allowed: {', '.join(fed.site_names)}")
+        _check_size(cls.name, params.num_canaries, num_params)
 
     def prepare(self, fed: Federation, rng: np.random.Generator, num_params: int, **_) -> tuple[Federation, dict]:
         """Craft the canaries for the audited hospital's DP-SGD; ground truth keeps which went in."""
@@ -156,6 +172,10 @@ class ClientCanaryAudit(Attack):
     @classmethod
     def label(cls, params) -> str:
         return f"client_canary_audit(m={params.num_canaries})"
+
+    @classmethod
+    def check_federation(cls, params, fed: Federation, num_params: int) -> None:
+        _check_size(cls.name, params.num_canaries, num_params)
 
     def prepare(self, fed: Federation, rng: np.random.Generator, num_params: int, cfg=None, **_) -> tuple[Federation, dict]:
         """Craft the canary clients (norm = client_dp's clip); ground truth keeps which joined."""

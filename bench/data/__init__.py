@@ -111,10 +111,17 @@ def check_data(configs) -> None:
     CSV or hospitals too small to split fail as one error up front instead of as one FAILED
     run per cell. Raises :class:`ConfigError` naming the first failing setting.
     """
-    seen = set()
+    from bench.components import component_class
+    from bench.models import MODELS, num_params
+
+    seen, checked = {}, set()
     for cfg in configs:
         key = (cfg.data, cfg.seed)
-        if key in seen:
-            continue
-        seen.add(key)
-        build_federation(cfg.data, Seeds(cfg.seed))
+        if key not in seen:
+            seen[key] = build_federation(cfg.data, Seeds(cfg.seed))[0]
+        fed = seen[key]
+        for spec in cfg.attacks:  # e.g. a white-box audit needs a model with as many parameters as canaries
+            hook = getattr(component_class("attack", spec.name), "check_federation", None)
+            if hook is not None and (cfg.data, cfg.model, spec) not in checked:
+                checked.add((cfg.data, cfg.model, spec))
+                hook(spec.params, fed, num_params(MODELS.get(cfg.model.name).build(fed.info, cfg.model)))
