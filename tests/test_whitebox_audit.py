@@ -140,6 +140,13 @@ def test_an_audit_refuses_a_cell_it_cannot_audit(attack, defenses, match):
         parse_experiment(tiny_raw(attacks=[{"name": attack, "num_canaries": 20}], defenses=defenses))
 
 
+def test_two_white_box_audits_in_one_cell_are_refused_at_load_time():
+    both = [{"name": "dpsgd_audit", "num_canaries": 20}, {"name": "client_canary_audit", "num_canaries": 20}]
+    with pytest.raises(ConfigError, match="its own cell"):
+        parse_experiment(tiny_raw(attacks=both, defenses=[{"name": "dp_sgd", "noise_multiplier": 1.0},
+                                                          {"name": "client_dp", "noise_multiplier": 1.0}]))
+
+
 def test_too_many_canaries_for_the_model_is_a_data_time_error():
     cfg = parse_experiment(tiny_raw(attacks=[{"name": "dpsgd_audit", "num_canaries": 100}],
                                     defenses=[{"name": "dp_sgd", "noise_multiplier": 1.0}]))

@@ -30,6 +30,15 @@ def _directions(view: ServerView, attack: str):
     return view.canary_directions
 
 
+WHITE_BOX = ("dpsgd_audit", "client_canary_audit")
+
+
+def _one_white_box_audit(cfg) -> None:
+    names = [a.name for a in cfg.attacks if a.name in WHITE_BOX]
+    if len(names) > 1:
+        raise ConfigError(f"attacks: {names[0]!r} and {names[1]!r} both insert canaries into the mechanism; run each in its own cell")
+
+
 def _check_size(attack: str, m: int, num_params: int) -> None:
     if m > num_params:
         raise ConfigError(
@@ -86,6 +95,7 @@ class DPSGDAudit(Attack):
 
     @classmethod
     def check(cls, params, cfg) -> None:
+        _one_white_box_audit(cfg)
         dp = _defense(cfg, "dp_sgd")
         if dp is None:
             raise ConfigError("attacks.dpsgd_audit: audits record-level DP-SGD; add a dp_sgd defense (or use canary_audit)")
@@ -160,6 +170,7 @@ class ClientCanaryAudit(Attack):
 
     @classmethod
     def check(cls, params, cfg) -> None:
+        _one_white_box_audit(cfg)
         dp = _defense(cfg, "client_dp")
         if dp is None:
             raise ConfigError("attacks.client_canary_audit: audits client-level DP; add a client_dp defense")
