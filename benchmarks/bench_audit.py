@@ -120,29 +120,35 @@ def cost(cells, repeats: int = 3) -> None:
         sys.stdout.flush()
 
 
+def caught(result, name: str, obs: str) -> bool:
+    """This observation of this audit certifies more than the accountant's ε or rejects its profile."""
+    g = lambda k: result.metrics.get(f"audit/{name}/{k}", math.nan)  # noqa: E731
+    return g(f"{obs}/epsilon_lower_bound") > g("accountant_epsilon") or g(f"{obs}/claim_rejected") == 1
+
+
 def detect(data_dir: str, seeds: int) -> None:
-    print(f"\n## Detection matrix ({seeds} seed(s) per cell; caught = tagged audit_violation=true)\n")
-    print("| bug | audit | honest: violations | broken: violations | broken: accountant ε | broken: bound (f-DP) | broken: GDP-family ε | "
-          "broken: estimate [95 % CI] | claim rejected |")
+    print(f"\n## Detection matrix ({seeds} seed(s) per cell; caught = this observation certifies more than the "
+          "accountant's ε or rejects its claimed profile; the cell is then tagged audit_violation=true)\n")
+    print("| bug | audit / observation | honest: caught | broken: caught | broken: accountant ε | broken: bound (f-DP) | "
+          "broken: GDP-family ε | broken: estimate [95 % CI] | broken: max certifiable |")
     print("|---|---|---|---|---|---|---|---|---|")
     for bug in MUTANTS:
         audits = [None]  # the documented white-box audit
         if MUTANTS[bug][0] == "dp_sgd":
             audits.append([{"name": "canary_audit", "num_canaries": 100}])  # the black-box audit, same bug
         for attacks in audits:
-            honest, broken, last = 0, 0, None
+            honest, broken = [], []
             for seed in range(seeds):
                 raw = bug_config(bug, data_dir, attacks)
                 raw["seed"] = seed
-                honest += run(raw).tags.get("audit_violation") == "true"
-                last = run(raw, bug)
-                broken += last.tags.get("audit_violation") == "true"
-            name = (attacks or raw["attacks"])[0]["name"]
-            for aname, o, r in audit_rows(last):
-                print(f"| {bug} | {aname} / {o} | {honest}/{seeds} | {broken}/{seeds} | {f(r['eps'])} | {f(r['bound'])} | {f(r['gdp'])} | "
-                      f"{f(r['est'])} [{f(r['est_lo'])}, {f(r['est_hi'])}] | {'yes' if r['rejected'] == 1 else 'no'} |")
+                honest.append(run(raw))
+                broken.append(run(raw, bug))
+            for name, o, r in audit_rows(broken[-1]):
+                h = sum(caught(x, name, o) for x in honest)
+                b = sum(caught(x, name, o) for x in broken)
+                print(f"| {bug} | {name} / {o} | {h}/{seeds} | {b}/{seeds} | {f(r['eps'])} | {f(r['bound'])} | {f(r['gdp'])} | "
+                      f"{f(r['est'])} [{f(r['est_lo'])}, {f(r['est_hi'])}] | {f(r['max'])} |")
             sys.stdout.flush()
-            del name
 
 
 def alarms(data_dir: str, seeds: int) -> None:
