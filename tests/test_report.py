@@ -21,7 +21,12 @@ import numpy as np
 import pytest
 
 from bench.cli import main
-from bench.report import CellRun, group_settings, headline, latest_per_key, pareto_mask, write_report
+from bench.report import (
+    CellRun, comparison_records, group_settings, headline, latest_per_key, paired_comparisons, paired_difference, pareto_by_verdicts, pareto_mask,
+    t_interval, write_report,
+)
+from bench.report.compare import setting_difference
+from bench.report.figures import audit_points
 from bench.tracking import MlflowTracker
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,6 +102,120 @@ def test_headline_takes_the_strongest_attack_of_each_family_whatever_its_name():
     assert "strongest/inversion_feature_accuracy" not in h
 
 
+# --------------------------------------------------------------------------- intervals and paired verdicts
+
+
+def test_t_interval_known_answer_and_no_interval_for_one_seed():
+    e = t_interval([0.8, 0.9, 1.0])
+    half = 4.302653 * 0.1 / math.sqrt(3)  # t(0.975, 2) · s / √n
+    assert (e.mean, e.low, e.high, e.n) == (pytest.approx(0.9), pytest.approx(0.9 - half), pytest.approx(0.9 + half), 3)
+    one = t_interval([0.7])
+    assert one.mean == 0.7 and not one.has_interval
+    assert t_interval([]) is None
+
+
+def test_paired_difference_verdicts_known_answers():
+    # a constant shift of -0.1 with little noise: detected as lower
+    d = paired_difference([(0.5, 0.6), (0.49, 0.6), (0.51, 0.6)])
+    assert d.mean == pytest.approx(-0.1) and d.high < 0 and d.verdict == "lower"
+    # differences 1, 2, 3: mean 2, half-width t(0.975, 2) / √3 = 2.484 -> interval holds 0
+    d = paired_difference([(1, 0), (2, 0), (3, 0)])
+    assert (d.low, d.high) == (pytest.approx(2 - 2.48414, abs=1e-4), pytest.approx(2 + 2.48414, abs=1e-4))
+    assert d.verdict == "no detectable difference"
+    # one seed: MOVER over the cells' own intervals, d = 0.3, low = 0.3 - hypot(0.1, 0.1) > 0
+    d = paired_difference([(0.5, 0.2)], [((0.4, 0.6), (0.1, 0.3))])
+    assert d.low == pytest.approx(0.3 - math.hypot(0.1, 0.1)) and d.verdict == "higher"
+    # one seed, no interval: no verdict
+    assert paired_difference([(0.5, 0.2)]).verdict == "not enough seeds"
+
+
+def _run(setting, seed, metrics, defenses="none", **params):
+    p = {"seed": str(seed), "data.name": "heart_disease", "defenses": defenses, **params}
+    tags = {"dataset": "heart_disease", "run_key": f"{setting}-{seed}", "defenses": defenses}
+    return CellRun(f"id-{setting}-{seed}", f"heart_disease · {setting} · seed {seed}", "FINISHED", seed, p, tags, metrics)
+
+
+def test_paired_comparisons_detect_a_known_difference_ignore_noise_and_unpaired_seeds():
+    rng = np.random.default_rng(1)
+    base = [0.70, 0.62, 0.66]
+    cells = [_run("no defense", i, {"attack/x/auc": b, "utility/test_accuracy": 0.8 + 0.01 * i}) for i, b in enumerate(base)]
+    # dp: exactly 0.1 lower AUC on every seed (plus tiny noise); accuracy equal up to +-0.005
+    cells += [_run("dp", i, {"attack/x/auc": b - 0.1 + rng.normal(0, 1e-3), "utility/test_accuracy": 0.8 + 0.01 * i + (-1) ** i * 0.005},
+                   defenses="dp_sgd", **{"defenses.dp_sgd.noise_multiplier": "1.0"}) for i, b in enumerate(base)]
+    # a seed the baseline lacks: never paired, whatever its value
+    cells.append(_run("dp", 7, {"attack/x/auc": 0.99, "utility/test_accuracy": 0.1}, defenses="dp_sgd", **{"defenses.dp_sgd.noise_multiplier": "1.0"}))
+    # another model: not the same config, so not compared with this no defense
+    cells.append(_run("dp other model", 0, {"attack/x/auc": 0.5}, defenses="dp_sgd", **{"model.name": "mlp"}))
+    comps = {c.metric: c for c in paired_comparisons(cells)}
+    assert set(comps) == {"attack/x/auc", "utility/test_accuracy"}
+    auc = comps["attack/x/auc"]
+    assert auc.diff.n == 3 and {s for s, _, _ in auc.per_seed} == {"0", "1", "2"}
+    assert auc.diff.mean == pytest.approx(-0.1, abs=2e-3) and auc.diff.verdict == "lower"
+    acc = comps["utility/test_accuracy"]
+    assert acc.diff.verdict == "no detectable difference" and acc.diff.low < 0 < acc.diff.high
+    assert auc.baseline == "heart_disease · no defense"
+
+
+def test_an_attack_run_with_other_parameters_is_not_compared():
+    cells = [_run("no defense", i, {"attack/lira/auc": 0.7, "utility/test_accuracy": 0.8}, **{"attacks.lira.num_references": "16"}) for i in range(2)]
+    cells += [_run("dp", i, {"attack/lira/auc": 0.6, "utility/test_accuracy": 0.7}, defenses="dp_sgd", **{"attacks.lira.num_references": "8"})
+              for i in range(2)]
+    assert [c.metric for c in paired_comparisons(cells)] == ["utility/test_accuracy"]
+
+
+def test_logged_names_are_valid_mlflow_keys_and_unique_per_setting():
+    # the same defense in two groups (membership attacks, and an audit that changes training): two slugs
+    cells = []
+    for attacks, extra in (("lira", {}), ("canary_audit", {"attacks.canary_audit.num_canaries": "100"})):
+        for defenses in ("none", "dp_sgd"):
+            for i in range(2):
+                name = "no defense" if defenses == "none" else "dp_sgd(eps=1,C=1)+secure_aggregation"
+                cells.append(_run(f"{name} · attacks={attacks}", i, {"utility/test_accuracy": 0.8 - 0.1 * (defenses != "none") + 0.01 * i},
+                                  defenses=defenses, attacks=attacks, **extra))
+    comps = paired_comparisons(cells)
+    assert len({c.setting for c in comps}) == 2
+    parent, tags, child = comparison_records(comps)
+    assert all(re.fullmatch(r"[/\w.\- ]*", k) for k in [*parent, *tags] + [k for m, t in child.values() for k in [*m, *t]])
+    assert len([k for k in parent if k.endswith("utility/test_accuracy/diff")]) == 2
+    assert {v for k, v in tags.items()} == {"lower"}
+
+
+def test_pareto_front_counts_only_detectable_differences():
+    # per seed (risk, utility). B beats A on risk by noise only; C is detectably worse than A on both.
+    a = [(0.60, 0.80), (0.62, 0.82), (0.61, 0.81)]
+    b = [(0.605, 0.81), (0.60, 0.825), (0.60, 0.81)]  # lower risk and higher utility on average, inside the noise
+    c = [(0.70, 0.70), (0.72, 0.71), (0.71, 0.70)]
+    pts = [a, b, c]
+
+    def verdicts(axis):
+        return [[paired_difference([(pj[k][axis], pi[k][axis]) for k in range(3)]).verdict for pi in pts] for pj in pts]
+
+    front = pareto_by_verdicts(verdicts(0), verdicts(1))
+    assert front.tolist() == [True, True, False]
+    # the raw rule on means drops A: B "dominates" it by noise
+    means = np.asarray([np.mean(p, axis=0) for p in pts])
+    assert pareto_mask(means[:, 0], means[:, 1]).tolist() == [False, True, False]
+
+
+def test_setting_difference_is_paired_by_seed():
+    cells = [_run("no defense", i, {"utility/test_accuracy": v}) for i, v in enumerate([0.6, 0.8, 0.7])]
+    cells += [_run("dp", i, {"utility/test_accuracy": v - 0.05}, defenses="dp_sgd") for i, v in enumerate([0.6, 0.8, 0.7])]
+    none, dp = sorted(group_settings(cells), key=lambda s: s.is_baseline)[::-1]
+    d = setting_difference(dp, none, "utility/test_accuracy")
+    # the seeds' spread (0.1) cancels in the pairs: an exact -0.05 shift is detected
+    assert d.mean == pytest.approx(-0.05) and d.verdict == "lower"
+
+
+def test_audit_points_say_when_an_audit_could_not_fail():
+    m = {"audit/canary_audit/epsilon_lower_bound": 0.2, "audit/canary_audit/epsilon_estimate": 0.5,
+         "audit/canary_audit/max_certifiable_epsilon": 2.8, "audit/canary_audit/accountant_epsilon": 5.6,
+         "audit/canary_audit/delta": 1e-5, "privacy/epsilon": 4.0}
+    (s,) = group_settings([_run("dp", 0, m, defenses="dp_sgd")])
+    ((name, e, delta, _),) = audit_points(s)
+    assert name == "canary_audit" and delta == 1e-5
+    assert e["accountant"].mean == 5.6 and e["max_certifiable"].mean < e["accountant"].mean
+
+
 # --------------------------------------------------------------------------- from a real store
 
 
@@ -129,12 +248,12 @@ KNOWN = {
 }
 
 
-def _fill_store(uri: str, suite_name: str = "reptest", failed: bool = True) -> MlflowTracker:
+def _fill_store(uri: str, suite_name: str = "reptest", failed: bool = True, known=None) -> MlflowTracker:
     tracker = MlflowTracker(uri)
     suite = SimpleNamespace(name=suite_name, source={"suite": suite_name}, cells=[None] * 5)
     tracker.begin_suite(suite)
     rng = np.random.default_rng(0)
-    for (setting, seed), k in KNOWN.items():
+    for (setting, seed), k in (known or KNOWN).items():
         label = "no defense" if setting == "none" else "dp_sgd(z=1,C=1)"
         name = f"heart_disease · {label} · seed {seed}"
         tags = {"suite": suite_name, "run_key": f"{setting}{seed}", "dataset": "heart_disease", "defenses": setting, "seed": str(seed)}
@@ -196,7 +315,9 @@ def test_summary_csv_holds_mean_and_std_over_seeds(filled):
     assert float(none["strongest/membership_auc mean"]) == pytest.approx(0.65)
     assert none["seeds"] == "0,1" and none["n"] == "2"
     md = (filled.out / "summary.md").read_text(encoding="utf-8")
-    assert "0.850 ± 0.071" in md
+    # 95 % t-interval over 2 seeds: 0.85 ± t(0.975, 1) · 0.0707 / √2 = 0.85 ± 0.635
+    assert "0.850 [0.215, 1.485]" in md
+    assert float(none["utility/test_accuracy ci_low"]) == pytest.approx(0.85 - 12.7062 * np.std([0.9, 0.8], ddof=1) / math.sqrt(2), abs=1e-4)
 
 
 def test_report_html_is_self_contained_and_names_the_failed_cell(filled):
@@ -224,6 +345,37 @@ def test_pareto_reading_names_the_undominated_settings(filled):
     # no defense: AUC 0.65, acc 0.85; dp: AUC 0.53, acc 0.71 -> neither dominates the other
     reading = re.search(r"Pareto-optimal on the first axis[^<]*", page).group(0)
     assert "no defense" in reading and "dp_sgd" in reading
+
+
+def test_comparisons_are_logged_to_the_parent_and_each_defense_cell(filled):
+    client = filled.tracker.client
+    parent = client.get_run(filled.tracker.parent_id).data
+    key = "compare/heart_disease dp_sgd z1 C1/attack/zz_mia/auc"
+    # dp - none per seed: 0.52 - 0.70 = -0.18, 0.54 - 0.60 = -0.06: mean -0.12, half-width 12.706 * 0.0849 / √2
+    assert parent.metrics[f"{key}/diff"] == pytest.approx(-0.12)
+    assert parent.metrics[f"{key}/diff_high"] == pytest.approx(-0.12 + 12.7062 * np.std([-0.18, -0.06], ddof=1) / math.sqrt(2), abs=1e-4)
+    assert parent.tags[f"{key}/verdict"] == "no detectable difference"
+    exp = client.get_experiment_by_name("reptest")
+    dp_cells = client.search_runs([exp.experiment_id], "tags.defenses = 'dp'")
+    assert len(dp_cells) == 2
+    for r in dp_cells:
+        assert r.data.tags["compare/attack/zz_mia/auc/verdict"] == "no detectable difference"
+        assert r.data.metrics["compare/attack/zz_mia/auc/diff"] == pytest.approx(-0.12)
+        assert r.data.tags["compare/baseline"] == "heart_disease · no defense"
+    rows = list(csv.DictReader(open(filled.out / "comparisons.csv", encoding="utf-8")))
+    assert {r["verdict"] for r in rows if r["metric"] == "attack/zz_mia/auc"} == {"no detectable difference"}
+
+
+def test_two_seed_report_has_no_banner_and_one_seed_report_says_indicative_on_every_figure(filled, tmp_path):
+    assert "INDICATIVE ONLY" not in (filled.out / "report.html").read_text(encoding="utf-8")
+    uri = f"sqlite:///{tmp_path / 'one.db'}"
+    _fill_store(uri, "oneseed", failed=False, known={k: v for k, v in KNOWN.items() if k[1] == 0})
+    res = write_report("oneseed", uri, str(tmp_path / "out"), attach=False)
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert "INDICATIVE ONLY: one seed per setting" in page
+    assert res.figures and all(f.reading.startswith("INDICATIVE ONLY") for f in res.figures)
+    # one seed and no within-cell interval: no verdict is claimed
+    assert {c.diff.verdict for c in res.comparisons} == {"not enough seeds"}
 
 
 def test_figures_without_data_are_skipped_with_a_note(tmp_path):

@@ -55,10 +55,10 @@ def _released_deltas(view: ServerView) -> list[torch.Tensor]:
 
 @ATTACKS.register("dpsgd_audit")
 class DPSGDAudit(Attack):
-    """White-box audit of record-level DP-SGD with gradient canaries (Nasr, Hayes, Steinke,
-    Balle, Tramèr, Jagielski, Carlini, Terzis, USENIX Security 2023, "Tight auditing of
-    differentially private machine learning"; Steinke, Nasr, Jagielski, NeurIPS 2023,
-    "Privacy auditing with one (1) training run", white-box setting).
+    """White-box audit of record-level DP-SGD with gradient canaries: Nasr, Hayes, Steinke,
+    Balle, Tramèr, Jagielski, Carlini, Terzis (2023), "Tight auditing of differentially private
+    machine learning" (USENIX Security); Steinke, Nasr, Jagielski (2023), "Privacy auditing
+    with one (1) training run" (NeurIPS), white-box setting.
 
     Before training (``prepare``), ``num_canaries`` canaries are crafted in one hospital's
     DP-SGD (``site``; default: the hospital with the most records): canary i is a
@@ -141,9 +141,9 @@ class DPSGDAudit(Attack):
 
 @ATTACKS.register("client_canary_audit")
 class ClientCanaryAudit(Attack):
-    """Client-level audit of ``client_dp`` with canary clients (Andrew, Kairouz, Oh, Oprea,
-    McMahan, Suriyakumar, ICLR 2024, "One-shot empirical privacy estimation for federated
-    learning").
+    """Client-level audit of ``client_dp`` with canary clients: Andrew, Kairouz, Oh, Oprea,
+    McMahan, Suriyakumar (2024), "One-shot empirical privacy estimation for federated
+    learning" (ICLR).
 
     Before training, ``num_canaries`` canary clients are crafted: canary i's update is a
     random isotropic unit vector dᵢ (orthonormal to the others) scaled to client_dp's clip
