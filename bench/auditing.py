@@ -18,6 +18,7 @@ can fail"). Metric names (``audit/<name>/...``; per observation ``audit/<name>/<
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -71,8 +72,13 @@ def idealized_mechanism(output: AuditScores, events: Sequence[DPEvent]):
 
 
 def accountant_epsilon(output: AuditScores, events: Sequence[DPEvent], accountant: str, delta: float) -> float:
-    """The accountant's ε at ``delta`` for the audited party (the weakest party if unnamed)."""
-    report = account(party_events(output, events), accountant, delta)
+    """The accountant's ε at ``delta`` for the audited party (the weakest party if unnamed),
+    under add/remove, the relation the audit instantiates."""
+    # Canaries (gradient canaries, canary clients) are each present or absent: add/remove.
+    # client_dp's headline ε is replace-one (σ/2); comparing an add/remove bound with it would
+    # make every audit look loose by ~3×, so the audit is compared with the add/remove ε.
+    evs = [dataclasses.replace(e, neighbouring="add_remove") for e in party_events(output, events)]
+    report = account(evs, accountant, delta)
     if not report.is_dp:
         return math.nan
     return report.epsilon(output.unit if output.party is not None else None)

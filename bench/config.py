@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
@@ -67,10 +68,64 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class PrivacyConfig:
-    """Accounting settings. ``delta: null`` means 1/(10·n) for the party's n records/clients."""
+    """Accounting settings: every ε is stated at a δ and under a neighbouring relation.
+
+    Attributes:
+        delta: δ per protected party; ``null`` means min(1e-5, 1/(100·n)) for its n records
+            (record-level DP) or hospitals (client-level DP), which stays far below 1/n, the
+            δ at which publishing one record outright is allowed. A party with δ ≥ 1/n is
+            tagged ``dp_weak_guarantee=true``.
+        accountant: ``rdp`` or ``prv`` (Opacus).
+        neighbouring: ``add_remove`` (one record or hospital present or absent) or
+            ``replace_one`` (one hospital's data replaced: sensitivity 2C; hospital level
+            only, refused for dp_sgd). ``auto``: add/remove for dp_sgd's records,
+            replace-one for client_dp's hospitals (a public roster that always participates).
+    """
 
     delta: Optional[float] = field(default=None, metadata={"gt": 0, "lt": 1})
     accountant: Literal["rdp", "prv"] = "rdp"
+    neighbouring: Literal["auto", "add_remove", "replace_one"] = "auto"
+
+
+@dataclass(frozen=True)
+class SensitiveAttributeConfig:
+    """One sensitive attribute whose subgroups fairness is measured on.
+
+    Attributes:
+        name: a column of the dataset (heart disease: ``sex`` or ``age``; csv: any column).
+        bands: cut points for a continuous column, e.g. ``[55]`` gives ``under_55`` and
+            ``55_and_over`` (each band is ``[low, high)``); empty for a categorical column.
+        input: whether the attribute stays a model input (``true``) or is held out of the
+            features (``false``): then neither the model nor any attack ever sees it.
+    """
+
+    name: str
+    bands: tuple[float, ...] = ()
+    input: bool = True
+
+    def __post_init__(self) -> None:
+        b = self.bands
+        if any(not math.isfinite(x) for x in b) or any(x >= y for x, y in zip(b, b[1:])):
+            raise ConfigError(f"fairness.attributes.{self.name}.bands: got {list(b)}; expected finite, strictly increasing cut points, e.g. [45, 60]")
+
+
+@dataclass(frozen=True)
+class FairnessConfig:
+    """Who pays for privacy: utility and membership exposure per subgroup and hospital (bench.fairness).
+
+    Attributes:
+        attributes: the sensitive attributes; each a column name or ``{age: {bands: [55]}}``.
+        min_count: a subgroup (or hospital × subgroup) with fewer evaluated records than this
+            is reported as "too few" with its count, never as a number.
+        bootstrap: resamples of the within-cell bootstrap intervals (0: none).
+        top_exposed: how many members with the highest membership scores are profiled
+            (their subgroup, hospital and distance to the population; never the records).
+    """
+
+    attributes: tuple[SensitiveAttributeConfig, ...] = ()
+    min_count: int = field(default=10, metadata={"ge": 1})
+    bootstrap: int = field(default=200, metadata={"ge": 0, "le": 100000})
+    top_exposed: int = field(default=10, metadata={"ge": 1})
 
 
 @dataclass(frozen=True)
@@ -95,11 +150,14 @@ class ExperimentConfig:
     defenses: tuple[ComponentSpec, ...] = ()
     attacks: tuple[ComponentSpec, ...] = ()
     seed: int = 0
+    fairness: Optional[FairnessConfig] = None
 
     def to_dict(self) -> dict:
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if f.name == "fairness" and value is None:
+                continue  # absent, not null: configs without fairness keep their run_key
             if f.name in ("defenses", "attacks"):
                 out[f.name] = [spec.to_dict() for spec in value]
             else:
@@ -180,6 +238,33 @@ def _parse_specs(kind: str, raw: Any, path: str) -> tuple[ComponentSpec, ...]:
     return tuple(specs)
 
 
+def _normalise_fairness(raw: Any) -> Any:
+    """Accept ``attributes: [sex, {age: {bands: [55]}}, {name: age, bands: [55]}]`` (or a mapping
+    ``{sex: {}, age: {bands: [55]}}``) and return the schema's form (a list of ``{name: ...}``)."""
+    if not isinstance(raw, dict) or "attributes" not in raw:
+        return raw
+    items = raw["attributes"]
+    if isinstance(items, dict):
+        items = [{k: v} for k, v in items.items()]
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(f"fairness.attributes: got {items!r}; expected a list, e.g. [sex, {{age: {{bands: [55]}}}}]")
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            item = {"name": item}
+        elif isinstance(item, dict) and "name" not in item and len(item) == 1:
+            (name, opts), = item.items()
+            if opts is not None and not isinstance(opts, dict):
+                raise ConfigError(f"fairness.attributes[{i}].{name}: got {opts!r}; expected a mapping such as {{bands: [55]}}")
+            item = {"name": name, **(opts or {})}
+        out.append(item)
+    names = [it.get("name") for it in out if isinstance(it, dict)]
+    dupes = sorted({str(n) for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"fairness.attributes: {dupes[0]!r} listed twice; list each attribute once")
+    return {**raw, "attributes": out}
+
+
 def parse_experiment(raw: Any, path: str = "") -> ExperimentConfig:
     """Validate a raw mapping into an :class:`ExperimentConfig` (one line per error)."""
     from bench.components import check_experiment
@@ -189,8 +274,10 @@ def parse_experiment(raw: Any, path: str = "") -> ExperimentConfig:
     raw = dict(raw)
     defenses = _parse_specs("defense", raw.pop("defenses", None), "defenses")
     attacks = _parse_specs("attack", raw.pop("attacks", None), "attacks")
+    fairness = raw.pop("fairness", None)  # built directly: its errors name fairness.<key>, not "fairness: expected ... or null"
+    fairness = None if fairness is None else from_dict(FairnessConfig, _normalise_fairness(fairness), "fairness")
     cfg = from_dict(ExperimentConfig, raw)
-    cfg = dataclasses.replace(cfg, defenses=defenses, attacks=attacks)
+    cfg = dataclasses.replace(cfg, defenses=defenses, attacks=attacks, fairness=fairness)
     check_experiment(cfg)
     return cfg
 

@@ -14,10 +14,11 @@ import numpy as np
 import torch
 import yaml
 
-from bench.accounting import PrivacyReport, account
+from bench.accounting import PrivacyReport, account, weak_delta_reason
 from bench.components import component_class
 from bench.config import ExperimentConfig
 from bench.data import build_federation
+from bench.fairness import fairness_metrics
 from bench.federated import run_federated
 from bench.artifacts import render
 from bench.metrics import score
@@ -75,12 +76,34 @@ def privacy_metrics(report: PrivacyReport) -> dict[str, float]:
     for (unit, party), (eps, delta) in report.per_party.items():
         if unit == "record":
             out[f"privacy/site/{party}/epsilon"] = eps
+            out[f"privacy/site/{party}/delta"] = delta
         else:
             out["privacy/client/epsilon"] = eps
             out["privacy/client/delta"] = delta
     head = "record" if "record" in report.units() else "client"
     out["privacy/epsilon"] = report.epsilon(head)
     out["privacy/delta"] = report.delta(head)
+    return out
+
+
+def privacy_tags(report: PrivacyReport, tags: Mapping[str, str]) -> dict[str, str]:
+    """The privacy tags of a cell, given the defenses' ``tags`` (a new dict; inputs untouched).
+
+    ``dp``; with DP, ``privacy_unit`` and ``neighbouring`` (the resolved relation per unit, e.g.
+    ``client:replace_one+record:add_remove``); and ``dp_weak_guarantee=true`` when some party's
+    δ ≥ 1/n, its reason appended to any a defense already gave (client_dp with few hospitals).
+    """
+    out = {"dp": str(report.is_dp).lower()}
+    if not report.is_dp:
+        return out
+    out["privacy_unit"] = "+".join(report.units())
+    out["neighbouring"] = "+".join(f"{u}:{r}" for u, r in report.relations().items())
+    reason = weak_delta_reason(report)
+    if reason is not None:
+        log.warning("privacy: %s", reason)
+        before = tags.get("dp_weak_guarantee_reason")
+        out["dp_weak_guarantee"] = "true"
+        out["dp_weak_guarantee_reason"] = f"{before}; {reason}" if before else reason
     return out
 
 
@@ -95,7 +118,7 @@ def run_cell(cfg: ExperimentConfig, out: CellLog, on_round: Optional[Callable[[R
     out.params(cfg.flat_params())
     out.text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), "config.yaml")
 
-    fed, truth = build_federation(cfg.data, seeds)
+    fed, truth = build_federation(cfg.data, seeds, cfg.fairness)
     model_fn = lambda: MODELS.get(cfg.model.name).build(fed.info, cfg.model)  # noqa: E731
     initial = build_model(fed.info, cfg.model, seeds.torch("init"))
     defenses = make_defenses(cfg)
@@ -114,12 +137,10 @@ def run_cell(cfg: ExperimentConfig, out: CellLog, on_round: Optional[Callable[[R
 
     record = run_federated(fed, initial, defenses, cfg.train, cfg.privacy, seeds, on_round=stream)
     metrics: dict[str, float] = dict(record.rounds[-1].utility)
-    report = account(record.dp_events, cfg.privacy.accountant, cfg.privacy.delta)
+    report = account(record.dp_events, cfg.privacy.accountant, cfg.privacy.delta, cfg.privacy.neighbouring)
     metrics.update(privacy_metrics(report))
     tags = dict(record.tags)
-    tags["dp"] = str(report.is_dp).lower()
-    if report.is_dp:
-        tags["privacy_unit"] = "+".join(report.units())
+    tags.update(privacy_tags(report, tags))
     for d in defenses:
         metrics.update(d.metrics())
     metrics["cost/train_seconds"] = record.seconds
@@ -131,14 +152,15 @@ def run_cell(cfg: ExperimentConfig, out: CellLog, on_round: Optional[Callable[[R
         record, fed, model_fn, [a.threat_model for a in attacks], make_simulator(cfg, fed, model_fn),
         simulate_many=simulate_many, reference_seed=seeds.int_seed("reference"), fallback_reason=why_not,
     )
-    # Audits are stated at a small δ (a bound at δ = 1/(10·4 hospitals) = 0.025 is always 0) and
+    # Audits are stated at δ ≤ 1e-5 (below the accountant's δ when a user set a larger one) and
     # compared with the accountant's ε for the audited party at that same δ.
     delta_audit = audit_delta(metrics.get("privacy/delta"))
     audits: dict[str, dict[str, float]] = {}
     observed: dict[str, list[str]] = {}
+    outputs: dict[str, object] = {}
     for spec, attack in zip(cfg.attacks, attacks):
         t_a = time.perf_counter()
-        output = attack.run(views[attack.threat_model], seeds.rng("attack", spec.name))
+        output = outputs[spec.name] = attack.run(views[attack.threat_model], seeds.rng("attack", spec.name))
         if isinstance(output, AuditScores):
             scored = audit_metrics(output, truth, delta_audit, record.dp_events, cfg.privacy.accountant, seeds.rng("audit", spec.name))
             audits[spec.name], observed[spec.name] = scored, list(output.observations)
@@ -153,6 +175,7 @@ def run_cell(cfg: ExperimentConfig, out: CellLog, on_round: Optional[Callable[[R
     for path, data in ref_files.items():
         out.bytes(data, path)
     metrics.update(ref_metrics)
+    metrics.update(fairness_metrics(cfg.fairness, fed, truth, model_fn(), record.final_params, outputs))  # scoring's side: truth meets outputs
     audit, audit_tags = audit_verdict(audits, observed)
     metrics.update(audit)
     tags.update(audit_tags)

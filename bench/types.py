@@ -132,6 +132,31 @@ class Federation:
 
 
 @dataclass(frozen=True)
+class SensitiveAttribute:
+    """A sensitive attribute's subgroup of every record (ground truth only; see bench.fairness).
+
+    Attacks never receive it: when the attribute is a model input its value is in the records'
+    features anyway; when it is held out (``model_input=False``) it was dropped from the
+    features before encoding and exists only here.
+
+    Attributes:
+        name: the column, e.g. ``"sex"``.
+        groups: the subgroup labels, MLflow-safe (``female``, ``under_55``, ``55_and_over``).
+        codes: the subgroup index of each record, indexed by record id (``-1``: value missing).
+        model_input: whether the column is among the model's features.
+    """
+
+    name: str
+    groups: tuple[str, ...]
+    codes: np.ndarray
+    model_input: bool = True
+
+    def of(self, ids: np.ndarray) -> np.ndarray:
+        """Subgroup index of the records ``ids`` (``-1``: missing)."""
+        return self.codes[np.asarray(ids, dtype=np.int64)]
+
+
+@dataclass(frozen=True)
 class GroundTruth:
     """What was true. Only scoring (``bench.metrics``) sees this.
 
@@ -151,6 +176,7 @@ class GroundTruth:
     canary_included: Optional[np.ndarray] = None  # which canaries were inserted into training
     info: Optional[DatasetInfo] = None  # feature metadata, to decode tabular reconstructions
     population: Optional[Records] = None  # held-out records whose marginals give the inversion prior baseline
+    sensitive: tuple[SensitiveAttribute, ...] = ()  # fairness.attributes' subgroups (bench.fairness)
 
 
 # --------------------------------------------------------------------------- audit canaries
@@ -250,7 +276,12 @@ class DPEvent:
         unit: ``"record"`` (DP-SGD inside a hospital) or ``"client"`` (client-level DP).
         party: whose privacy it is (a hospital name for record-level DP, ``"federation"``
             for client-level DP).
-        population: n for the default δ = 1/(10·n) (records of the hospital, or hospitals).
+        population: n for the default δ = min(1e-5, 1/(100·n)) and the weak-guarantee check
+            δ ≥ 1/n (records of the hospital, or hospitals).
+        neighbouring: the relation the ε is stated under. ``"add_remove"``: neighbouring
+            datasets differ by one unit present or absent (sensitivity C; Opacus's
+            accountants). ``"replace_one"``: one unit's data replaced by any other
+            (sensitivity 2C); only for client-level events with ``sample_rate == 1``.
     """
 
     kind: Literal["poisson_gaussian"]
@@ -261,6 +292,7 @@ class DPEvent:
     steps: int
     population: int
     source: str = ""
+    neighbouring: Literal["add_remove", "replace_one"] = "add_remove"
 
 
 @dataclass(frozen=True)

@@ -231,7 +231,10 @@ class DPSGD(Defense):
     Runs on the client, replacing local training (``wrap_local_training``). Privacy unit:
     one *record* of one hospital. DP events: one ``poisson_gaussian`` event per hospital with
     q = batch_size / n, σ, and every local step of every round that hospital took part in
-    (one accountant per hospital across rounds). ε at δ = ``privacy.delta`` or 1/(10·n).
+    (one accountant per hospital across rounds), under the add/remove neighbouring relation
+    (one record present or absent: what Opacus's RDP/PRV accountants assume;
+    ``privacy.neighbouring: replace_one`` is refused). ε at δ = ``privacy.delta`` or
+    min(1e-5, 1/(100·n)) for a hospital of n records (``bench.accounting.default_delta``).
     Hides nothing: the server still sees each (noisy) update.
 
     Set exactly one of ``noise_multiplier`` and ``target_epsilon``. With ``target_epsilon``
@@ -270,6 +273,13 @@ class DPSGD(Defense):
         if params.target_epsilon is not None and params.sampling != "poisson":
             raise ConfigError(
                 "defenses.dp_sgd.sampling: got 'shuffle'; target_epsilon needs the Poisson accountant, use sampling: poisson"
+            )
+        if cfg.privacy.neighbouring == "replace_one":
+            # Opacus's Poisson-subsampled accountants are add/remove; replace-one of a subsampled
+            # record is a different mechanism (bench.accounting.effective_noise_multiplier)
+            raise ConfigError(
+                "privacy.neighbouring: got 'replace_one'; dp_sgd accounts records under add/remove only "
+                "(replace_one is for client_dp's hospitals), use add_remove or auto"
             )
 
     @classmethod
@@ -323,6 +333,7 @@ class DPSGD(Defense):
                 steps=t.steps_taken,
                 population=t.n,
                 source=self.name,
+                neighbouring="add_remove",
             )
             for site, t in self.trainers.items()
             if t.steps_taken > 0

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench.accounting import epsilon_of
+from bench.accounting import default_delta, epsilon_of
 from bench.config import parse_experiment
 from bench.data import build_federation
 from bench.federated import run_federated
@@ -202,7 +202,7 @@ def test_target_epsilon_is_met_per_hospital(accountant):
     for name, n in sizes.items():
         sigma = d.noise_for(n)
         steps = 5 * steps_per_round(n, 8, 1)
-        eps = epsilon_of([_event(sigma, 8 / n, steps, n)], 1 / (10 * n), accountant)
+        eps = epsilon_of([_event(sigma, 8 / n, steps, n)], default_delta(n), accountant)
         assert 1.9 <= eps <= 2.0
     assert d.noise_for(60) != d.noise_for(400)  # calibrated per hospital size
 
@@ -248,13 +248,15 @@ def test_runner_logs_per_site_epsilon_and_the_maximum():
     res = run_in_memory(cfg)
     events = res.record.dp_events
     assert len(events) == 3
-    per_site = {e.party: epsilon_of([e], 1 / (10 * e.population), "rdp") for e in events}
+    assert all(e.neighbouring == "add_remove" for e in events)  # Opacus's accountants
+    per_site = {e.party: epsilon_of([e], default_delta(e.population), "rdp") for e in events}
     for site, eps in per_site.items():
         assert res.metrics[f"privacy/site/{site}/epsilon"] == pytest.approx(eps)
+        assert res.metrics[f"privacy/site/{site}/delta"] == 1e-5  # min(1e-5, 1/(100 n)) for n < 1000
     assert res.metrics["privacy/epsilon"] == pytest.approx(max(per_site.values()))
-    worst = max(events, key=lambda e: per_site[e.party])
-    assert res.metrics["privacy/delta"] == pytest.approx(1 / (10 * worst.population))
+    assert res.metrics["privacy/delta"] == 1e-5
     assert res.tags["dp"] == "true" and res.tags["privacy_unit"] == "record"
+    assert res.tags["neighbouring"] == "record:add_remove" and "dp_weak_guarantee" not in res.tags
 
 
 @pytest.mark.slow

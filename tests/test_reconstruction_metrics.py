@@ -131,3 +131,33 @@ def test_image_grid_is_a_png():
     files = render(Reconstructions(items=(item,)), truth_of({"h1": records(x, [0, 1])}, IMG), IMG, "ig")
     assert files["attacks/ig/round1_h1.png"][:8] == b"\x89PNG\r\n\x1a\n"
     assert math.isfinite(score(Reconstructions(items=(item,)), truth_of({"h1": records(x, [0, 1])}, IMG))["psnr"])
+
+
+def test_headline_intervals_bracket_the_headline_and_weight_targets_equally():
+    # two targets: h1 rebuilt exactly from 1 record (100 dB), h2's 3 records each off by a
+    # known constant (20, 30, 40 dB); the headline is the mean over targets of per-target
+    # means, (100 + 30) / 2 = 65, and the weighted bootstrap must centre on it, not on the
+    # pooled record mean (100 + 20 + 30 + 40) / 4 = 47.5
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.rand(1, 1, 8, 8, generator=g) * 0.5, torch.rand(3, 1, 8, 8, generator=g) * 0.5
+    off = torch.tensor([0.1, 10 ** -1.5, 0.01]).view(3, 1, 1, 1)  # RMSE -> 20, 30, 40 dB
+    truth = truth_of({"h1": records(a, [0]), "h2": records(b, [0, 1, 2])}, IMG)
+    out = Reconstructions(items=(Reconstruction(1, "h1", a.clone(), None, 0.0, sites=("h1",)),
+                                 Reconstruction(1, "h2", b + off, None, 0.0, sites=("h2",))))
+    s = score(out, truth)
+    assert s["psnr"] == pytest.approx(65.0, abs=1e-3)
+    assert s["psnr_ci_low"] <= s["psnr"] <= s["psnr_ci_high"]
+    assert 20.0 <= s["psnr_ci_low"] < 65.0 < s["psnr_ci_high"] <= 100.0
+    assert s["ssim_ci_low"] <= s["ssim"] <= s["ssim_ci_high"]
+
+
+def test_exact_tabular_reconstruction_has_a_degenerate_interval_at_one():
+    # the analytic attack's exact recovery must read 100 % [100 %, 100 %], not a range
+    g = torch.Generator().manual_seed(6)
+    sex = torch.nn.functional.one_hot(torch.randint(0, 2, (4,), generator=g), 2).float()
+    recs = records(torch.cat([sex, torch.randn(4, 2, generator=g)], 1), [0, 1, 0, 1])
+    truth = truth_of({f"h{i}": recs.take(np.array([i])) for i in range(4)}, TAB, population=recs)
+    out = Reconstructions(items=tuple(Reconstruction(1, f"h{i}", recs.x[i : i + 1].clone(), None, 0.0, sites=(f"h{i}",))
+                                      for i in range(4)))
+    s = score(out, truth)
+    assert s["feature_accuracy"] == s["feature_accuracy_ci_low"] == s["feature_accuracy_ci_high"] == 1.0

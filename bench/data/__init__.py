@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from bench.data.partition import dirichlet_partition, iid_partition, split_site
+from bench.data.sensitive import hold_out, sensitive_attributes
 from bench.data.table import RawData, TableEncoder
 from bench.registry import Registry
 from bench.seeding import Seeds
@@ -50,17 +51,22 @@ def encode(raw: RawData, member_index: np.ndarray):
     return enc.transform, info
 
 
-def build_federation(cfg, seeds: Seeds) -> tuple[Federation, GroundTruth]:
+def build_federation(cfg, seeds: Seeds, fairness=None) -> tuple[Federation, GroundTruth]:
     """Load ``cfg.name``, split it into hospitals and member / non-member / test records.
 
     Args:
         cfg: a :class:`bench.config.DataConfig`.
         seeds: the experiment's seeds; the split uses the stream ``("data",)``.
+        fairness: a :class:`bench.config.FairnessConfig` or None: its attributes' subgroups go
+            to the ground truth only, and attributes held out of the features are dropped from
+            the records before encoding (the split is the same either way).
 
     Returns:
         The federation (what the simulation uses) and the ground truth (only scoring sees it).
     """
     raw = DATASETS.get(cfg.name).load(cfg)
+    sensitive = sensitive_attributes(raw, fairness)
+    raw = hold_out(raw, fairness)
     rng = seeds.rng("data")
     parts, names = _site_indices(raw, cfg, rng)
     splits, fit_parts = [], []
@@ -99,6 +105,7 @@ def build_federation(cfg, seeds: Seeds) -> tuple[Federation, GroundTruth]:
         site_train={s.name: s.train for s in sites},
         info=info,
         population=test,  # the inversion prior: same distribution, never trained on nor attacked
+        sensitive=sensitive,
     )
     fed = Federation(info=info, sites=sites, test=test, candidates=candidates, population=candidates)
     return fed, truth
@@ -116,9 +123,9 @@ def check_data(configs) -> None:
 
     seen, checked = {}, set()
     for cfg in configs:
-        key = (cfg.data, cfg.seed)
+        key = (cfg.data, cfg.seed, getattr(cfg, "fairness", None))
         if key not in seen:
-            seen[key] = build_federation(cfg.data, Seeds(cfg.seed))[0]
+            seen[key] = build_federation(cfg.data, Seeds(cfg.seed), getattr(cfg, "fairness", None))[0]
         fed = seen[key]
         for spec in cfg.attacks:  # e.g. a white-box audit needs a model with as many parameters as canaries
             hook = getattr(component_class("attack", spec.name), "check_federation", None)

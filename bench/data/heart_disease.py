@@ -180,6 +180,9 @@ def _register():
 
         @staticmethod
         def check(cfg) -> None:
+            from bench.data.sensitive import check_attributes
+
+            check_attributes("heart_disease", COLUMNS, cfg.fairness)  # sex; age with bands
             if cfg.data.partition != "natural":
                 return  # pooled and re-split into synthetic hospitals: allowed for ablations
 

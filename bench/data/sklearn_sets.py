@@ -9,6 +9,9 @@ from bench.types import ConfigError
 
 
 def _no_natural_sites(name: str, cfg) -> None:
+    from bench.data.sensitive import check_attributes
+
+    check_attributes(name, None, cfg.fairness)  # no demographic columns: refuse fairness.attributes
     if cfg.data.partition == "natural":
         raise ConfigError(f"data.partition: {name!r} has no real hospitals; use iid or dirichlet")
 

@@ -1,7 +1,16 @@
-"""Scoring: utility, membership (``bench.metrics.membership``) and reconstruction
-(``bench.metrics.reconstruction``). Only here does ground truth meet attack outputs.
+"""Scoring: utility, membership (``bench.metrics.membership``), source inference and
+reconstruction (``bench.metrics.reconstruction``). Only here does ground truth meet attack
+outputs.
 
 :func:`score` dispatches on the type of an attack's output.
+
+Source inference is scored against the *non-member baseline*: the same attack's accuracy on
+held-out records of the same hospitals. An attack that recognises a hospital's population
+(its case mix, its label skew) is as accurate on records the model never saw as on training
+records; only the difference, ``lift_over_nonmembers``, is evidence that training records
+leaked their source. It carries a 95 % Newcombe (Wilson-score) interval and a verdict code
+``lift_over_nonmembers_verdict``: +1 members higher, 0 no detectable difference, −1 members
+lower (:data:`VERDICT_WORDS`).
 """
 
 from __future__ import annotations
@@ -9,15 +18,18 @@ from __future__ import annotations
 from functools import singledispatch
 from typing import Mapping
 
+import math
+
 import numpy as np
 import torch
+from scipy import stats
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from bench.metrics.membership import FPR_LEVELS, membership_metrics, roc_points  # noqa: F401
+from bench.metrics.membership import CONFIDENCE_ALPHA, FPR_LEVELS, membership_metrics, roc_points  # noqa: F401
 from bench.models import load_flat
 from bench.types import Federation, GroundTruth, MembershipScores, Records, SourceGuesses
 
-
+VERDICT_WORDS = {1.0: "higher", 0.0: "no detectable difference", -1.0: "lower"}
 
 # --------------------------------------------------------------------------- utility
 
@@ -44,14 +56,27 @@ def classification_metrics(proba: np.ndarray, y: np.ndarray) -> dict[str, float]
     return out
 
 
+def majority_baseline(y: np.ndarray) -> float:
+    """Accuracy of always predicting the most frequent label of ``y`` (the best constant guess)."""
+    y = np.asarray(y)
+    if y.size == 0:
+        return float("nan")
+    return float(np.unique(y, return_counts=True)[1].max() / y.size)
+
+
 def utility_metrics(model: torch.nn.Module, params: torch.Tensor, fed: Federation) -> dict[str, float]:
-    """``utility/...`` metrics of ``params`` on the global and each hospital's test set."""
+    """``utility/...`` metrics of ``params`` on the global and each hospital's test set.
+
+    ``utility/majority_baseline`` is the test accuracy of always answering the test set's most
+    frequent class: a test accuracy is a result only above it.
+    """
     load_flat(model, params)
     proba = predict_proba(model, fed.test.x)
     y = fed.test.y.numpy()
     glob = classification_metrics(proba, y)
     out = {
         "utility/test_accuracy": glob["accuracy"],
+        "utility/majority_baseline": majority_baseline(y),
         "utility/test_balanced_accuracy": glob["balanced_accuracy"],
         "utility/test_auroc": glob["auroc"],
     }
@@ -87,21 +112,86 @@ def _(output: MembershipScores, truth: GroundTruth) -> dict[str, float]:
     return membership_metrics(output.scores, truth.candidate_is_member[idx])
 
 
+def wilson_interval(k: int, n: int, alpha: float = CONFIDENCE_ALPHA) -> tuple[float, float]:
+    """Wilson score ``1 − alpha`` interval of a binomial proportion ``k/n``."""
+    if n <= 0 or not 0 <= k <= n:
+        raise ValueError(f"wilson_interval: need 0 <= k <= n and n > 0; got k={k}, n={n}")
+    z = float(stats.norm.ppf(1 - alpha / 2))
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def difference_interval(k1: int, n1: int, k2: int, n2: int, alpha: float = CONFIDENCE_ALPHA) -> tuple[float, float, float]:
+    """``k1/n1 − k2/n2`` of two independent proportions with Newcombe's hybrid score interval.
+
+    Newcombe (1998), method 10: the Wilson intervals of both proportions combined; it keeps
+    close to nominal coverage down to small counts and at proportions near 0 or 1, where the
+    Wald interval does not.
+
+    Returns:
+        ``(difference, low, high)``.
+    """
+    p1, p2 = k1 / n1, k2 / n2
+    l1, u1 = wilson_interval(k1, n1, alpha)
+    l2, u2 = wilson_interval(k2, n2, alpha)
+    d = p1 - p2
+    low = d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+    high = d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    return d, low, high
+
+
+def verdict(low: float, high: float) -> float:
+    """+1 if an interval of a difference lies above 0, −1 if below, 0 if it contains 0."""
+    return 1.0 if low > 0 else -1.0 if high < 0 else 0.0
+
+
+def source_metrics(correct: np.ndarray, member: np.ndarray, num_sites: int) -> dict[str, float]:
+    """Source-inference accuracy on members, on non-members, and the lift of the former.
+
+    Args:
+        correct: per candidate, whether the guessed hospital is the record's hospital (a
+            member's training hospital, a non-member's hospital of origin).
+        member: per candidate, whether it is a training record.
+        num_sites: number of hospitals K (chance is 1/K).
+
+    Returns:
+        ``accuracy`` (members: Hu et al.'s headline, for records known to be training records),
+        ``chance`` = 1/K, ``lift`` = accuracy / chance (its long-standing meaning; it credits
+        the attack with what it knows of each hospital's population), ``accuracy_nonmembers``,
+        and, when both groups are present, ``lift_over_nonmembers`` = accuracy −
+        accuracy_nonmembers with its 95 % interval (``_ci_low``/``_ci_high``) and
+        ``lift_over_nonmembers_verdict`` (+1 / 0 / −1, :data:`VERDICT_WORDS`).
+    """
+    correct, member = np.asarray(correct, bool), np.asarray(member, bool)
+    chance = 1.0 / num_sites
+    k1, n1 = int(correct[member].sum()), int(member.sum())
+    k2, n2 = int(correct[~member].sum()), int((~member).sum())
+    acc = k1 / n1 if n1 else float("nan")
+    out = {
+        "accuracy": acc,
+        "chance": chance,
+        "lift": acc / chance,
+        "accuracy_nonmembers": k2 / n2 if n2 else float("nan"),
+    }
+    if n1 and n2:
+        d, low, high = difference_interval(k1, n1, k2, n2)
+        out["lift_over_nonmembers"] = d
+        out["lift_over_nonmembers_ci_low"] = low
+        out["lift_over_nonmembers_ci_high"] = high
+        out["lift_over_nonmembers_verdict"] = verdict(low, high)
+    return out
+
+
 @score.register
 def _(output: SourceGuesses, truth: GroundTruth) -> dict[str, float]:
     idx = align(output.ids, truth)
     correct = output.site_index == truth.candidate_site[idx]
-    chance = 1.0 / len(truth.site_names)
-    # Source inference (Hu et al. 2021) asks about records known to be training records:
-    # the headline accuracy is over members; non-members' "source" is only where they were held out.
-    member = truth.candidate_is_member[idx]
-    acc = float(correct[member].mean()) if member.any() else float("nan")
-    return {
-        "accuracy": acc,
-        "chance": chance,
-        "lift": acc / chance,
-        "accuracy_nonmembers": float(correct[~member].mean()) if (~member).any() else float("nan"),
-    }
+    # Hu et al. (2021) ask about records known to be training records; the non-members of the
+    # same hospitals are the control that separates "recognises the hospital's population"
+    # from "recognises its training records"
+    return source_metrics(correct, truth.candidate_is_member[idx], len(truth.site_names))
 
 
 def records_to_numpy(records: Records) -> Mapping[str, np.ndarray]:

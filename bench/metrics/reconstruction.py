@@ -15,11 +15,18 @@ so a reconstruction is never penalised for the order of a batch.
   is what the updates leaked beyond what anyone knows about the population.
 * ``oracle_*``: the best restart chosen *with* the truth — an upper bound on what the
   attack could pick, never its result.
+* ``psnr``, ``ssim`` and ``feature_accuracy`` carry 95 % percentile bootstrap intervals
+  (``_ci_low``/``_ci_high``) over the reconstructed records of all targets, each record
+  weighted as in the headline (the mean over targets of each target's mean over its records).
+  With few records the interval is crude (4 one-record targets: 4 values to resample) and it
+  collapses to the value itself for one record; it describes the spread over *these* records,
+  not over restarts or seeds.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -27,11 +34,13 @@ from scipy.optimize import linear_sum_assignment
 from scipy.signal import convolve2d
 
 from bench.metrics import score
+from bench.metrics.membership import bootstrap_mean_ci
 from bench.types import DatasetInfo, GroundTruth, Reconstruction, Reconstructions, Records
 
 CONTINUOUS_TOLERANCE = 0.319  # TabLeak: a continuous feature is recovered within 0.319 std
 BASELINE_DRAWS = 20
 BASELINE_SEED = 0
+INTERVAL_METRICS = ("psnr", "ssim", "feature_accuracy")  # headline metrics that carry a bootstrap interval
 
 
 # --------------------------------------------------------------------------- matching
@@ -81,21 +90,26 @@ def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
     return float(np.mean(vals))
 
 
-def image_metrics(rec: torch.Tensor, labels, truth: Records) -> dict[str, float]:
-    """MSE, PSNR, SSIM and label accuracy of matched (reconstruction, truth) pairs."""
+def image_record_metrics(rec: torch.Tensor, labels, truth: Records) -> dict[str, np.ndarray]:
+    """Per matched (reconstruction, truth) pair: MSE, PSNR, SSIM and (with labels) label hit."""
     r = rec.detach().double().clamp(0.0, 1.0).numpy()
     t = truth.x.double().numpy()
     cost = pairwise_mse(r, t)
     rows, cols = hungarian(cost)
     mses = cost[rows, cols]
     out = {
-        "mse": float(mses.mean()),
-        "psnr": float(np.mean([psnr(m) for m in mses])),
-        "ssim": float(np.mean([ssim(r[i], t[j]) for i, j in zip(rows, cols)])),
+        "mse": mses,
+        "psnr": np.array([psnr(m) for m in mses]),
+        "ssim": np.array([ssim(r[i], t[j]) for i, j in zip(rows, cols)]),
     }
     if labels is not None:
-        out["label_accuracy"] = float((labels.numpy()[rows] == truth.y.numpy()[cols]).mean())
+        out["label_accuracy"] = (labels.numpy()[rows] == truth.y.numpy()[cols]).astype(np.float64)
     return out
+
+
+def image_metrics(rec: torch.Tensor, labels, truth: Records) -> dict[str, float]:
+    """MSE, PSNR, SSIM and label accuracy of matched (reconstruction, truth) pairs."""
+    return {k: float(v.mean()) for k, v in image_record_metrics(rec, labels, truth).items()}
 
 
 # --------------------------------------------------------------------------- tables
@@ -121,13 +135,18 @@ def feature_hits(rec: np.ndarray, true: np.ndarray, info: DatasetInfo) -> np.nda
     return np.where(cat[None, None, :], diff < 0.5, diff <= CONTINUOUS_TOLERANCE)
 
 
-def matched_table_scores(rec: np.ndarray, true: np.ndarray, info: DatasetInfo) -> tuple[float, float, np.ndarray, np.ndarray]:
-    """Feature accuracy and exact-match rate after matching by fewest wrong features."""
+def matched_table_hits(rec: np.ndarray, true: np.ndarray, info: DatasetInfo) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hits (matched pair × feature), rows and columns after matching by fewest wrong features."""
     hits = feature_hits(rec, true, info)
     dist = np.abs(rec[:, None, :] - true[None, :, :]).sum(axis=2)
     cost = (~hits).sum(axis=2) + 1e-6 * dist  # tie-break by distance
     rows, cols = hungarian(cost)
-    h = hits[rows, cols]
+    return hits[rows, cols], rows, cols
+
+
+def matched_table_scores(rec: np.ndarray, true: np.ndarray, info: DatasetInfo) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """Feature accuracy and exact-match rate after matching by fewest wrong features."""
+    h, rows, cols = matched_table_hits(rec, true, info)
     return float(h.mean()), float(h.all(axis=1).mean()), rows, cols
 
 
@@ -135,6 +154,12 @@ def prior_sample(population: np.ndarray, n: int, rng: np.random.Generator) -> np
     """``n`` records drawn feature by feature from the population's empirical marginals."""
     idx = rng.integers(0, len(population), size=(n, population.shape[1]))
     return population[idx, np.arange(population.shape[1])[None, :]]
+
+
+def tabular_record_accuracy(rec: torch.Tensor, truth: Records, info: DatasetInfo) -> np.ndarray:
+    """Per matched reconstruction, the fraction of its features recovered (TabLeak's rule)."""
+    h, _, _ = matched_table_hits(decode_table(rec.detach().numpy(), info), decode_table(truth.x.numpy(), info), info)
+    return h.mean(axis=1)
 
 
 def tabular_metrics(rec: torch.Tensor, labels, truth: Records, info: DatasetInfo, population: Records) -> dict[str, float]:
@@ -168,16 +193,18 @@ def true_records(item: Reconstruction, truth: GroundTruth) -> Records:
     return Records.concat([truth.site_train[s] for s in sites])
 
 
-def item_metrics(item: Reconstruction, truth: GroundTruth) -> dict[str, float]:
+def item_scores(item: Reconstruction, truth: GroundTruth) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """One target's metrics, and per reconstructed record the :data:`INTERVAL_METRICS` that apply."""
     info = truth.info
     if info is None:
         raise ValueError("GroundTruth.info is missing: build the federation with bench.data.build_federation")
     true = true_records(item, truth)
     if info.modality == "image":
-        out = image_metrics(item.x, item.labels, true)
+        per = image_record_metrics(item.x, item.labels, true)
+        out = {k: float(v.mean()) for k, v in per.items()}
         if item.restarts is not None:  # upper bound: the restart the truth would pick
             out["oracle_psnr"] = max(image_metrics(x, None, true)["psnr"] for x in item.restarts)
-        return out
+        return out, {k: per[k] for k in ("psnr", "ssim")}
     population = truth.population if truth.population is not None else Records.concat(list(truth.site_train.values()))
     out = tabular_metrics(item.x, item.labels, true, info, population)
     if item.restarts is not None:
@@ -185,14 +212,44 @@ def item_metrics(item: Reconstruction, truth: GroundTruth) -> dict[str, float]:
         out["oracle_feature_accuracy"] = max(
             matched_table_scores(decode_table(x.detach().numpy(), info), r, info)[0] for x in item.restarts
         )
+    return out, {"feature_accuracy": tabular_record_accuracy(item.x, true, info)}
+
+
+def item_metrics(item: Reconstruction, truth: GroundTruth) -> dict[str, float]:
+    """One target's metrics (see the module docstring)."""
+    return item_scores(item, truth)[0]
+
+
+def interval_metrics(per_record: list[Mapping[str, np.ndarray]]) -> dict[str, float]:
+    """95 % bootstrap intervals of the headline metrics over reconstructed records.
+
+    Args:
+        per_record: for each target, its per-record values (:func:`item_scores`).
+
+    Returns:
+        ``<metric>_ci_low`` / ``<metric>_ci_high`` for each of :data:`INTERVAL_METRICS` present.
+        Each record is weighted ``1 / its target's records``, so the weighted mean equals the
+        headline (the mean over targets of per-target means).
+    """
+    out: dict[str, float] = {}
+    for key in INTERVAL_METRICS:
+        parts = [p[key] for p in per_record if key in p and len(p[key])]
+        if not parts:
+            continue
+        values = np.concatenate(parts)
+        weights = np.concatenate([np.full(len(p), 1.0 / len(p)) for p in parts])
+        out[f"{key}_ci_low"], out[f"{key}_ci_high"] = bootstrap_mean_ci(values, weights)
     return out
 
 
 def reconstruction_metrics(output: Reconstructions, truth: GroundTruth) -> dict[str, float]:
-    """Each target's metrics, averaged over targets (``targets`` counts them)."""
-    per = [item_metrics(item, truth) for item in output.items]
+    """Each target's metrics, averaged over targets (``targets`` counts them), with bootstrap
+    intervals of the headline metrics (:func:`interval_metrics`)."""
+    scored = [item_scores(item, truth) for item in output.items]
+    per = [m for m, _ in scored]
     keys = sorted(set().union(*per))
     out = {k: float(np.mean([m[k] for m in per if k in m])) for k in keys}
+    out.update(interval_metrics([r for _, r in scored]))
     out["targets"] = float(len(per))
     out["records_per_target"] = float(np.mean([len(true_records(i, truth)) for i in output.items]))
     if output.iterations and output.seconds > 0:

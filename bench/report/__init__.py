@@ -38,6 +38,7 @@ from typing import Optional
 
 from bench.types import ConfigError
 from bench.report.compare import Comparison, comparison_records, log_comparisons, paired_comparisons, pairing_key, write_comparisons_to
+from bench.report.fairness import fairness_report
 from bench.report.families import ATTACK_AXES, attack_names, headline
 from bench.report.figures import FIGURES, Figure, ReportContext, Skipped, _plt
 from bench.report.html import render_html, write_comparisons, write_summary
@@ -132,15 +133,18 @@ def write_report(suite: str, tracking_uri: Optional[str] = None, out_dir: Option
             items += got if isinstance(got, list) else [got]
     finally:
         tmp.cleanup()
+    fair = fairness_report(ctx)  # who pays: per-subgroup and per-hospital changes vs no defense (bench.report.fairness)
+    items += list(fair.items)
     figures = tuple(i for i in items if isinstance(i, Figure))
     skipped = tuple(i for i in items if isinstance(i, Skipped))
     files, table = write_summary(settings, out)
     cfiles, ctable = write_comparisons(comparisons, out)
-    (out / "report.html").write_text(render_html(runs, settings, items, table, out, comparisons, ctable), encoding="utf-8")
-    files = [f.file for f in figures] + files + cfiles + ["report.html"]
+    (out / "report.html").write_text(render_html(runs, settings, items, table, out, comparisons, ctable, fair.html), encoding="utf-8")
+    files = [f.file for f in figures] + files + cfiles + [f for f in fair.files if not f.endswith(".png")] + ["report.html"]
     (out / MANIFEST).write_text(json.dumps(files), encoding="utf-8")
     if attach and runs.parent_run_id:
         write_comparisons_to(client, runs.parent_run_id, comparisons)  # the verdicts the report used, on the parent and each defense cell
+        write_comparisons_to(client, runs.parent_run_id, fair.comparisons)
         for f in files:
             client.log_artifact(runs.parent_run_id, str(out / f), "report")
     elif attach:

@@ -129,7 +129,7 @@ table.summary th{background:#f4f4f4}
 
 
 def render_html(runs: SuiteRuns, settings: Sequence[Setting], items: Sequence[Figure | Skipped], table: str, out: Path,
-                comparisons: Sequence[Comparison] = (), comparison_table: str = "") -> str:
+                comparisons: Sequence[Comparison] = (), comparison_table: str = "", fairness_table: str = "") -> str:
     """A self-contained page: the indicative-only banner, the verdicts, every figure embedded as base64 PNG, the tables."""
     banner = indicative_banner(settings)
     parts = [
@@ -167,5 +167,11 @@ def render_html(runs: SuiteRuns, settings: Sequence[Setting], items: Sequence[Fi
         parts.append("<h2>Paired comparisons</h2><p class='reading'>Defense minus no defense on the same seeds and splits, "
                      "per metric; also in comparisons.csv and logged to MLflow (<code>compare/...</code>).</p>")
         parts.append(comparison_table)
+    if fairness_table:
+        parts.append("<h2>Who pays: subgroups and hospitals</h2><p class='reading'>Per patient subgroup and hospital: test "
+                     "accuracy and membership-attack AUC on that group's records (mean over seeds [95 % interval]), and the change "
+                     "under each defense against no defense on the same seeds (paired interval, verdict); then the gaps between "
+                     "groups. 'too few' means fewer test records than fairness.min_count. Also in fairness.csv and fairness.md.</p>")
+        parts.append(fairness_table)
     parts.append("</body></html>\n")
     return "\n".join(p for p in parts if p)
