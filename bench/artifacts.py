@@ -59,7 +59,9 @@ def roc_figure(scores: np.ndarray, is_member: np.ndarray, title: str):
     m = membership_metrics(scores, is_member)
     floor = 1.0 / max(int((~np.asarray(is_member, bool)).sum()), 1)
     fig, ax = plt.subplots(figsize=(4.2, 4.0))
-    ax.plot(np.maximum(fpr, floor / 2), np.maximum(tpr, floor / 2), lw=1.5, label=f"AUC {m['auc']:.3f}, TPR@1% {m['tpr_at_fpr_0.01']:.3f}")
+    tpr1 = m.get("tpr_at_fpr_0.01")  # logged only with >= 100 non-members
+    low_fpr = f"TPR@1% {tpr1:.3f}" if tpr1 is not None else "TPR@1%: too few non-members"
+    ax.plot(np.maximum(fpr, floor / 2), np.maximum(tpr, floor / 2), lw=1.5, label=f"AUC {m['auc']:.3f}, {low_fpr}")
     loglog_roc_axes(ax, floor)
     ax.set_title(title, fontsize=9)
     ax.legend(loc="lower right", fontsize=7)

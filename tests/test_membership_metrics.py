@@ -221,3 +221,20 @@ def test_one_run_audit_guesses_top_and_bottom():
     assert (out["guesses"], out["correct"], out["canaries"]) == (3.0, 3.0, 6.0)
     # three right guesses happen with probability 1/8 > 0.05 even at ε = 0: no evidence
     assert out["epsilon_lower_bound"] == 0.0
+
+
+def test_roc_artifact_with_too_few_nonmembers_for_low_fpr():
+    """Fewer than 100 non-members: no TPR at 1 % FPR is logged, and the ROC figure says so
+    instead of failing."""
+    import matplotlib.pyplot as plt
+
+    from bench.artifacts import roc_figure
+
+    rng = np.random.default_rng(0)
+    is_member = np.r_[np.ones(30, bool), np.zeros(30, bool)]
+    scores = np.r_[rng.random(30) + 0.3, rng.random(30)]
+    assert "tpr_at_fpr_0.01" not in membership_metrics(scores, is_member)
+    fig = roc_figure(scores, is_member, "few non-members")
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    plt.close(fig)
+    assert any("too few non-members" in t for t in labels)
