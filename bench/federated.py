@@ -74,7 +74,7 @@ def canary_client_sum(
     def ctx(site: str, k: int) -> ClientContext:
         return ClientContext(site=site, round=r, num_samples=0, generator=torch.Generator().manual_seed(seed + k))
 
-    if all(d.stacks_updates() for d in defenses):
+    if all(d.stacks_updates() for d in defenses):  # (run_federated calls this once per run)
         for d in defenses:  # client hooks in list order, exactly as for a hospital
             stack = d.transform_update(stack, ctx("canaries", 0))
         return stack.sum(dim=0) / num_participants
@@ -117,6 +117,7 @@ def run_federated(
     trainers = {}
     audit = fed.audit_canaries
     canary_clients = client_canary_updates(audit) if audit is not None and audit.kind == "client" else None
+    fixed_canary_sum = None
     for site in fed.sites:
         grad_canaries = audit if audit is not None and audit.kind == "gradient" and audit.site == site.name else None
         trainer = PlainTrainer(copy.deepcopy(initial_model), site.train, settings, canaries=grad_canaries)
@@ -158,7 +159,9 @@ def run_federated(
         summed = aggregator.aggregate(updates, weights, sctx) if aggregator else weighted_sum(updates, weights)
         agg_seconds = time.perf_counter() - t_agg
         if canary_clients is not None and len(canary_clients[0]):
-            summed = summed + canary_client_sum(*canary_clients, defenses, r, len(participants), seeds.int_seed("canary", r))
+            if fixed_canary_sum is None or not all(d.stacks_updates() for d in defenses):
+                fixed_canary_sum = canary_client_sum(*canary_clients, defenses, r, 1, seeds.int_seed("canary", r))
+            summed = summed + fixed_canary_sum / len(participants)  # the same updates, the same hooks: every round
         aggregate = summed
         for d in reversed(defenses):  # server hooks in reverse order
             aggregate = d.transform_aggregate(aggregate, sctx)

@@ -218,16 +218,23 @@ class CanaryDirections:
     def rows(self, index: np.ndarray) -> torch.Tensor:
         """The unit vectors of canaries ``index`` as dense float32 rows, shape (len(index), P)."""
         index = np.asarray(index, dtype=np.int64)
-        out = np.zeros((len(index), self.num_params), np.float32)
-        out[np.arange(len(index)), self.coordinates[index]] = 1.0
-        if self.kind == "random":
-            from scipy.fft import idct
-
-            signs = self.signs.astype(np.float32)
-            for start in range(0, len(index), 512):  # in blocks: one float32 transform each
-                block = out[start : start + 512]
-                block[:] = idct(block, type=2, norm="ortho", axis=1, overwrite_x=True) * signs
-        return torch.from_numpy(out)
+        p = self.num_params
+        if self.kind == "dirac":
+            out = torch.zeros(len(index), p)
+            out[torch.arange(len(index)), torch.as_tensor(self.coordinates[index])] = 1.0
+            return out
+        # row k of the orthonormal DCT-II matrix, s_k·cos(π·k·(2n+1)/(2P)), times the signs; the
+        # angle is reduced mod 4P in integers first so that float32 holds it exactly
+        k = self.coordinates[index]
+        norm = np.where(k == 0, np.sqrt(1.0 / p), np.sqrt(2.0 / p)).astype(np.float32)
+        odd = 2 * np.arange(p, dtype=np.int64) + 1
+        signs = torch.from_numpy(self.signs.astype(np.float32))
+        out = torch.empty(len(index), p)
+        for start in range(0, len(index), 256):
+            ang = (k[start : start + 256, None] * odd[None, :]) % (4 * p)
+            block = torch.cos(torch.from_numpy(ang).to(torch.float32) * (np.pi / (2 * p)))
+            out[start : start + 256] = block * torch.from_numpy(norm[start : start + 256, None]) * signs
+        return out
 
     def project(self, v: torch.Tensor) -> np.ndarray:
         """⟨v, dᵢ⟩ for every canary i, shape (m,)."""

@@ -100,7 +100,9 @@ class Defense:
 
     def stacks_updates(self) -> bool:
         """Whether :meth:`transform_update` maps a (K, P) stack of updates row by row, with the
-        same result as K separate calls and no per-call state (the identity does)."""
+        same result as K separate calls, no per-call state and no dependence on the round or
+        the generator (the identity does): the canary clients' fixed updates then go through it
+        once per run."""
         return type(self).transform_update is Defense.transform_update
 
     def aggregate(
