@@ -130,15 +130,19 @@ def bug_config(bug: str, data_dir: str, attacks: list | None = None) -> dict:
     """The documented configuration in which each bug is meant to be caught (docs/bench-audit.md).
 
     Record-level bugs in the mechanism: DP-SGD on the largest hospital at a claimed ε of 2–4.
-    Accountant bugs: full-batch DP-SGD (q = 1, σ = 2.5), where the mechanism is exactly
-    Gaussian and the one-run analysis is tightest.
+    A sampling rate told 2× too low: ε = 2 with 15,000 canaries (5,000 catch it in 2 of 3
+    seeds). One epoch told when two ran: full-batch DP-SGD (q = 1, σ = 2.5), where the
+    mechanism is exactly Gaussian and the one-run analysis is tightest — and still not enough.
     """
     sgd = lambda **p: [{"name": "dp_sgd", "max_grad_norm": 1.0, **p}]  # noqa: E731
     configs = {
         "noise_halved": _heart(data_dir, defenses=sgd(target_epsilon=2.0)),
         "no_noise": _heart(data_dir, defenses=sgd(target_epsilon=4.0)),
         "no_clipping": _heart(data_dir, defenses=sgd(target_epsilon=2.0)),
-        "accountant_half_rate": _heart(data_dir, train__batch_size=128, defenses=sgd(noise_multiplier=2.5)),
+        # q/2 halves the claimed ε (≈ 0.94 instead of 2): the margin is thin, so this one audits
+        # with 15,000 canaries (a 512-unit MLP: 15,874 parameters)
+        "accountant_half_rate": _heart(data_dir, model={"name": "mlp", "hidden": [512]}, defenses=sgd(target_epsilon=2.0),
+                                       attacks=[{"name": "dpsgd_audit", "num_canaries": 15000}]),
         "accountant_one_epoch": _heart(data_dir, train__batch_size=128, train__local_epochs=2, defenses=sgd(noise_multiplier=2.5)),
         "client_noise_over_m_squared": _heart(
             data_dir, defenses=[{"name": "client_dp", "noise_multiplier": 5.0, "clip_norm": 0.5}],
@@ -147,6 +151,8 @@ def bug_config(bug: str, data_dir: str, attacks: list | None = None) -> dict:
     }
     raw = configs[bug]
     raw.setdefault("attacks", WHITEBOX)
+    if raw["model"]["hidden"] != [256] and attacks is not None:
+        raw["model"] = {"name": "mlp", "hidden": [256]}  # the black-box audit needs no wide model
     if attacks is not None:
         raw["attacks"] = attacks
     return raw

@@ -138,10 +138,17 @@ def test_workers_2_gives_the_same_runs_as_workers_1_and_resume_skips_them(tmp_pa
     h1, h2 = _histories(uri1, "par"), _histories(uri2, "par")
     assert len(h1) == 4 and set(h1) == set(h2)
     for key in h1:
-        assert h1[key] == h2[key], key
+        # the paired comparisons (compare/...) are suite-level: a resumed suite re-derives them as
+        # seeds are added, so their history may differ; their final values may not
+        cell1 = {k: v for k, v in h1[key].items() if not k.startswith("compare/")}
+        cell2 = {k: v for k, v in h2[key].items() if not k.startswith("compare/")}
+        assert cell1 == cell2, key
         # each round once: nothing lost, nothing doubled
         assert [s for s, _ in h2[key]["utility/test_accuracy"]] == [1, 2, 3]
     _, runs = _cell_runs(uri2, "par")
+    _, runs1 = _cell_runs(uri1, "par")
+    final = lambda rs: {r.data.tags["run_key"]: {k: v for k, v in r.data.metrics.items() if k.startswith("compare/")} for r in rs}  # noqa: E731
+    assert final(runs1) == final(runs)  # the comparisons' latest values agree
     keys = [r.data.tags["run_key"] for r in runs]
     assert len(keys) == len(set(keys)) == 4  # no duplicate, no missing run
     # resume: nothing left to do, nothing new logged

@@ -263,7 +263,10 @@ def _log(client, run_id: str, metrics: dict, tags: dict) -> None:
     from mlflow.entities import Metric, RunTag
 
     now = int(time.time() * 1000)
-    ms = [Metric(k, float(v), now, 0) for k, v in metrics.items() if math.isfinite(v)]
+    # a resumed suite logs its comparisons again: append only values that changed, so that a
+    # cell's history holds one entry per distinct comparison, not one per invocation
+    latest = client.get_run(run_id).data.metrics
+    ms = [Metric(k, float(v), now, 0) for k, v in metrics.items() if math.isfinite(v) and latest.get(k) != float(v)]
     ts = [RunTag(k, str(v)) for k, v in tags.items()]
     for i in range(0, len(ms), 500):
         client.log_batch(run_id, metrics=ms[i : i + 500])
