@@ -188,7 +188,7 @@ class Setting:
         if eps is None:
             return ""
         d = f"δ {delta[0]:.1g}" if delta is not None else "δ not logged"
-        weak = "; weak: δ ≥ 1/n" if any(c.tags.get("dp_weak_guarantee") == "true" for c in self.cells) else ""
+        weak = "; weak guarantee" if any(c.tags.get("dp_weak_guarantee") == "true" for c in self.cells) else ""  # reason: tag dp_weak_guarantee_reason
         return f"ε {eps[0]:.3g} ({d}{weak})"
 
     def has(self, metric: str) -> bool:
