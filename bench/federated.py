@@ -18,7 +18,7 @@ from bench.canaries import client_canary_updates
 from bench.metrics import utility_metrics
 from bench.models import flatten, num_params
 from bench.seeding import Seeds
-from bench.training import LocalSettings, PlainTrainer
+from bench.training import LocalSettings, PlainTrainer, RecordGroups
 from bench.types import Disclosure, Federation, RoundRecord, TrainingRecord
 from defenses.base import ClientContext, Defense, FederationFacts, ServerContext, weighted_sum
 
@@ -120,7 +120,8 @@ def run_federated(
     fixed_canary_sum = None
     for site in fed.sites:
         grad_canaries = audit if audit is not None and audit.kind == "gradient" and audit.site == site.name else None
-        trainer = PlainTrainer(copy.deepcopy(initial_model), site.train, settings, canaries=grad_canaries)
+        groups = {a.name: RecordGroups(labels=a.groups, codes=a.of_any(site.train.ids)) for a in fed.sensitive}
+        trainer = PlainTrainer(copy.deepcopy(initial_model), site.train, settings, canaries=grad_canaries, groups=groups)
         for d in defenses:  # client hooks in list order: the first defense wraps first
             trainer = d.wrap_local_training(trainer, site.name)
         trainers[site.name] = trainer

@@ -133,7 +133,11 @@ class VDPSGD(VectorDefense):
 
     @classmethod
     def unsupported(cls, params):
-        return "dp_sgd with sampling=shuffle" if params.sampling != "poisson" else None
+        if params.sampling != "poisson":
+            return "dp_sgd with sampling=shuffle"
+        if params.group_clip is not None:
+            return "dp_sgd with group_clip (per-record clipping bounds are not vectorised)"
+        return None
 
     def __init__(self, defense: Any) -> None:
         super().__init__(defense)

@@ -60,7 +60,7 @@ def make_simulator(cfg: ExperimentConfig, fed: Federation, model_fn: Callable[[]
         seeds = Seeds(seed)
         empty = Records(ids=np.zeros(0, np.int64), x=fed.test.x[:0], y=fed.test.y[:0])
         sites = tuple(Site(name=n, train=r, test=empty) for n, r in site_records.items())
-        ref = Federation(info=fed.info, sites=sites, test=empty, candidates=empty, population=empty)
+        ref = Federation(info=fed.info, sites=sites, test=empty, candidates=empty, population=empty, sensitive=fed.sensitive)
         initial = build_model(fed.info, cfg.model, seeds.torch("init"))
         rec = run_federated(ref, initial, make_defenses(cfg), cfg.train, cfg.privacy, seeds, evaluate=False)
         return rec.final_params

@@ -45,6 +45,8 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
                 return _coerce(arg, value, path)
             except ConfigError as exc:
                 errors.append(exc)
+                if dataclasses.is_dataclass(arg) and isinstance(value, dict):
+                    raise  # a mapping meant for that dataclass: its own error names the key that is wrong
         raise ConfigError(f"{path}: got {value!r}; expected {_type_name(tp)}")
     if origin is Literal:
         allowed = get_args(tp)
@@ -138,11 +140,16 @@ def to_dict(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         out = {}
         for f in dataclasses.fields(obj):
-            out[f.name] = to_dict(getattr(obj, f.name))
+            value = getattr(obj, f.name)
+            if value is None and f.metadata.get("omit_if_none"):
+                continue  # an optional field added later: configs without it keep their run_key
+            out[f.name] = to_dict(value)
         name = getattr(obj, "_spec_name", None)
         return out if name is None else {"name": name, **out}
     if isinstance(obj, (tuple, list)):
         return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
     if isinstance(obj, float) and math.isinf(obj):
         return "inf"
     return obj

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Mapping, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -30,6 +31,19 @@ def make_optimizer(params, s: LocalSettings) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
 
 
+@dataclass(frozen=True)
+class RecordGroups:
+    """One sensitive attribute's subgroup of each of a hospital's training records.
+
+    Attributes:
+        labels: the subgroup labels (``female``, ``male``), as in :class:`bench.types.SensitiveAttribute`.
+        codes: the subgroup index of each record, aligned with the trainer's data rows (``-1``: missing).
+    """
+
+    labels: tuple[str, ...]
+    codes: np.ndarray
+
+
 class PlainTrainer:
     """Mini-batch training on one hospital's member records, shuffled each epoch.
 
@@ -42,13 +56,24 @@ class PlainTrainer:
         settings: local training hyperparameters.
         canaries: gradient canaries of a white-box audit (``bench.canaries``); only a DP-SGD
             trainer can insert them, so plain training refuses to run with them.
+        groups: the subgroup of each of ``data``'s records per sensitive attribute (the
+            hospital knows its own patients): :class:`RecordGroups` by attribute name. Plain
+            training ignores them; dp_sgd's ``group_clip`` reads them.
     """
 
-    def __init__(self, model: nn.Module, data: Records, settings: LocalSettings, canaries: Optional[InsertedCanaries] = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Records,
+        settings: LocalSettings,
+        canaries: Optional[InsertedCanaries] = None,
+        groups: Optional[Mapping[str, "RecordGroups"]] = None,
+    ) -> None:
         self.model = model
         self.data = data
         self.settings = settings
         self.canaries = canaries
+        self.groups = dict(groups or {})
         self.loss_fn = nn.CrossEntropyLoss()
 
     def steps_per_round(self) -> int:

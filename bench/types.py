@@ -12,6 +12,7 @@ Parameters and updates travel as flat 1-D ``float32`` tensors in the order of
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping, Optional
 
@@ -125,10 +126,21 @@ class Federation:
     population: Records
     canaries: Optional[Records] = None  # audit canaries (each in training with prob. ½), see attacks/audit
     audit_canaries: Optional["InsertedCanaries"] = None  # gradient or client canaries (bench.canaries)
+    # fairness.attributes' subgroups by record id: a hospital knows its own patients' groups, and
+    # dp_sgd's group_clip needs them; run_federated hands each trainer only its own records' codes
+    sensitive: tuple["SensitiveAttribute", ...] = ()
 
     @property
     def site_names(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.sites)
+
+
+_UNSAFE = re.compile(r"[^\w.\- ]+")
+
+
+def safe_label(text: str) -> str:
+    """A subgroup label MLflow accepts in a metric name (``^[/\\w.\\- ]*$``): other characters become ``_``."""
+    return _UNSAFE.sub("_", str(text)).strip() or "_"
 
 
 @dataclass(frozen=True)
@@ -154,6 +166,14 @@ class SensitiveAttribute:
     def of(self, ids: np.ndarray) -> np.ndarray:
         """Subgroup index of the records ``ids`` (``-1``: missing)."""
         return self.codes[np.asarray(ids, dtype=np.int64)]
+
+    def of_any(self, ids: np.ndarray) -> np.ndarray:
+        """As :meth:`of`, with ``-1`` for ids outside the data (e.g. an audit's crafted canaries)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        ok = (ids >= 0) & (ids < len(self.codes))
+        out = np.full(len(ids), -1, dtype=np.int64)
+        out[ok] = self.codes[ids[ok]]
+        return out
 
 
 @dataclass(frozen=True)

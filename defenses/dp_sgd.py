@@ -3,6 +3,11 @@
 Abadi et al., "Deep Learning with Differential Privacy", CCS 2016; implementation by Opacus
 (``GradSampleModule`` for per-sample gradients, ``DPOptimizer`` for clipping and noise;
 Poisson batches drawn exactly as Opacus's ``UniformWithReplacementSampler`` draws them).
+
+``group_clip``: group-aware clipping, the static form of DPSGD-F (Xu, Du, Wu, "Removing
+disparate impact on model accuracy in differentially private stochastic gradient descent",
+KDD 2021): records of a listed subgroup are clipped to a larger bound, so that their
+gradients lose less to clipping.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ import logging
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Sequence
+
+import numpy as np
 
 import torch
 from torch import nn
@@ -20,7 +27,7 @@ from torch import nn
 from bench.accounting import default_delta
 from bench.models import flatten, load_flat
 from bench.training import make_optimizer
-from bench.types import ConfigError, DPEvent, LocalResult
+from bench.types import ConfigError, DPEvent, LocalResult, safe_label
 from defenses.base import DEFENSES, Defense, FederationFacts
 
 log = logging.getLogger(__name__)
@@ -32,6 +39,81 @@ warnings.filterwarnings("ignore", message="Full backward hook is firing", catego
 # Opacus computes the noise std as noise_multiplier * max_grad_norm, and 0 * inf is NaN.
 # "No clipping" is therefore represented by a finite bound no gradient reaches.
 _NO_CLIP = 1e30
+
+
+@dataclass(frozen=True)
+class GroupClip:
+    """dp_sgd's ``group_clip: {attribute: sex, scale: {female: 2.0}}``.
+
+    Attributes:
+        attribute: one of the cell's ``fairness.attributes``.
+        scale: subgroup label -> factor s_g ≥ 1 on the clipping bound; subgroups not listed
+            (and records whose value is missing) keep s = 1.
+    """
+
+    attribute: str
+    scale: Any
+
+    def __post_init__(self) -> None:
+        where = "defenses.dp_sgd.group_clip.scale"
+        if not isinstance(self.scale, dict) or not self.scale:
+            raise ConfigError(f"{where}: got {self.scale!r}; expected a mapping of subgroup to a factor >= 1, e.g. {{female: 2.0}}")
+        clean = {}
+        for k, v in self.scale.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 1:
+                raise ConfigError(f"{where}.{k}: got {v!r}; expected a finite number >= 1 (subgroups not listed keep 1)")
+            clean[str(k)] = float(v)
+        object.__setattr__(self, "scale", clean)
+
+    def __hash__(self) -> int:
+        return hash((self.attribute, tuple(sorted(self.scale.items()))))
+
+    @property
+    def max_scale(self) -> float:
+        """max_g s_g (at least 1): the clipped sum's sensitivity is C·max_scale."""
+        return max([1.0, *self.scale.values()])
+
+    def describe(self) -> str:
+        return f"{self.attribute}:" + ",".join(f"{g}={v:g}" for g, v in sorted(self.scale.items()))
+
+    def check_labels(self, labels: Sequence[str]) -> None:
+        """Refuse subgroup names the data does not have (one line)."""
+        unknown = [g for g in self.scale if g not in labels]
+        if unknown:
+            raise ConfigError(
+                f"defenses.dp_sgd.group_clip.scale: {unknown[0]!r} is not a subgroup of {self.attribute!r}; "
+                f"its subgroups: {', '.join(labels)}"
+            )
+
+    def row_scales(self, labels: Sequence[str], codes: np.ndarray) -> torch.Tensor:
+        """s of each record with subgroup index ``codes`` (``-1``, missing: 1)."""
+        self.check_labels(labels)
+        per_group = np.array([self.scale.get(g, 1.0) for g in labels] or [1.0], dtype=np.float64)
+        codes = np.asarray(codes, dtype=np.int64)
+        return torch.from_numpy(np.where(codes >= 0, per_group[np.clip(codes, 0, None)], 1.0))
+
+
+def _group_clip_optimizer(base_cls):
+    """``base_cls`` (Opacus's DPOptimizer) whose clipping bound may be a per-row vector.
+
+    ``clip_bound`` (a scalar or one bound per row of the per-sample gradients) replaces
+    ``max_grad_norm`` inside ``clip_and_accumulate`` only; ``max_grad_norm`` stays the noise's
+    scale (``add_noise``: std = σ·max_grad_norm). Opacus's own arithmetic does the clipping.
+    """
+
+    class GroupClipDPOptimizer(base_cls):
+        clip_bound: Any = None
+
+        def clip_and_accumulate(self):
+            noise_bound = self.max_grad_norm
+            if self.clip_bound is not None:
+                self.max_grad_norm = self.clip_bound
+            try:
+                super().clip_and_accumulate()
+            finally:
+                self.max_grad_norm = noise_bound
+
+    return GroupClipDPOptimizer
 
 
 def sample_rate(n: int, batch_size: int) -> float:
@@ -71,6 +153,11 @@ class DPTrainer:
             accountant's assumption) or ``"shuffle"`` (PlainTrainer's batches; no ε).
         grad_sample_mode: Opacus's per-sample gradient engine: ``"ew"`` (expanded weights),
             ``"hooks"`` or ``"ghost"`` (ghost clipping; no per-sample gradients stored).
+        clip_scales: group-aware clipping: one factor s_i ≥ 1 per record of ``plain.data``;
+            record i is clipped to C·s_i. Needs ``max_scale``.
+        max_scale: max_g s_g over every configured subgroup (not only those present here):
+            the noise std becomes σ·C·max_scale, so noise / sensitivity stays σ. Gradient
+            canaries are still clipped to C.
     """
 
     def __init__(
@@ -80,6 +167,8 @@ class DPTrainer:
         max_grad_norm: float,
         sampling: str = "poisson",
         grad_sample_mode: str = "ew",
+        clip_scales: Optional[torch.Tensor] = None,
+        max_scale: float = 1.0,
     ) -> None:
         from opacus import GradSampleModule
         from opacus.grad_sample import GradSampleModuleExpandedWeights
@@ -98,11 +187,20 @@ class DPTrainer:
         self.steps_taken = 0
         self.rounds_taken = 0
         clip = _NO_CLIP if math.isinf(self.max_grad_norm) else self.max_grad_norm
+        self.row_bounds: Optional[torch.Tensor] = None
+        self.max_scale = float(max_scale)
+        if clip_scales is not None:
+            if grad_sample_mode == "ghost" or math.isinf(self.max_grad_norm):
+                raise ConfigError("defenses.dp_sgd.group_clip: needs a finite max_grad_norm and grad_sample_mode ew or hooks")
+            if len(clip_scales) != n or float(clip_scales.max()) > self.max_scale + 1e-12 or float(clip_scales.min()) < 1:
+                raise ValueError("dp_sgd: clip_scales needs one factor in [1, max_scale] per record")
+            self.row_bounds = (clip * clip_scales.to(torch.float64)).float()
+        self.clip = clip
         # Opacus divides the noisy sum by the *expected* batch size q·n under Poisson
         # sampling (the actual size would leak how many records were sampled).
         opt_kw = dict(
             noise_multiplier=self.noise_multiplier,
-            max_grad_norm=clip,
+            max_grad_norm=clip * self.max_scale if self.row_bounds is not None else clip,  # the noise's scale
             expected_batch_size=max(1, round(self.sample_rate * n)),
             loss_reduction="mean",
         )
@@ -128,7 +226,8 @@ class DPTrainer:
                 self.module = GradSampleModuleExpandedWeights(self.model, loss_reduction="mean")
             else:
                 self.module = GradSampleModule(self.model, loss_reduction="mean")
-            self.optimizer = DPOptimizer(base_opt, **opt_kw)
+            opt_cls = _group_clip_optimizer(DPOptimizer) if self.row_bounds is not None else DPOptimizer
+            self.optimizer = DPOptimizer(base_opt, **opt_kw) if opt_cls is DPOptimizer else opt_cls(base_opt, **opt_kw)
         self.canaries = None
         if getattr(plain, "canaries", None) is not None:
             if grad_sample_mode == "ghost":
@@ -155,7 +254,13 @@ class DPTrainer:
         records = [p.grad_sample for p in params]
         for p, extra in zip(params, rows):
             p.grad_sample = extra.to(p.dtype)
-        self.optimizer.clip_and_accumulate()
+        if self.row_bounds is not None:
+            # group_clip: the records' rows get their per-row bounds in step(); canaries stay at C
+            records_bound, self.optimizer.clip_bound = self.optimizer.clip_bound, self.clip
+            self.optimizer.clip_and_accumulate()
+            self.optimizer.clip_bound = records_bound
+        else:
+            self.optimizer.clip_and_accumulate()
         for p, g in zip(params, records):
             p.grad_sample = g
 
@@ -212,6 +317,8 @@ class DPTrainer:
                 loss.backward()
                 total += float(loss.detach())
                 counted += 1
+            if self.row_bounds is not None:
+                self.optimizer.clip_bound = self.row_bounds[idx]  # C·s_i for each sampled record
             self._step(canary_rng)
             steps += 1
         self.optimizer.zero_grad(set_to_none=True)
@@ -242,6 +349,21 @@ class DPSGD(Defense):
     take if it joined *every* round: when fewer hospitals are sampled per round the realised
     ε is lower than the target (conservative; site sampling is not counted as amplification).
 
+    ``group_clip: {attribute: sex, scale: {female: 2.0}}`` (static DPSGD-F, Xu, Du, Wu 2021):
+    each record of subgroup g is clipped to C·s_g (s = 1 for subgroups not listed and for
+    records whose value is missing) and the Gaussian noise on the clipped sum has std
+    σ·C·max_g s_g. Adding or removing one record moves the clipped sum by at most C·max_g s_g,
+    so noise / sensitivity is still σ: the DP events (σ, q, steps), and hence ε, are exactly
+    those without ``group_clip``; what changes is the noise every record pays (×max s) against
+    the clipping bias the scaled group is spared. The attribute must be one of
+    ``fairness.attributes``; each hospital reads its own records' subgroups (the hospital
+    knows its patients). Outsider reference federations run the same mechanism (sequentially,
+    with the population records' subgroups: the attacker is assumed to know them, as it knows
+    the pipeline). Gradient canaries of the white-box audit are still clipped to C, so they
+    probe a record of an unscaled group: the audit then tests noise σ·max s per unit of
+    canary norm, a weaker (lower-ε) mechanism than the worst record's, and cannot certify the
+    full ε.
+
     ``sampling: shuffle`` uses PlainTrainer's shuffled batches instead of Poisson sampling;
     the Poisson-subsampled accountant does not hold for it, so no ε is claimed (no DP events,
     tag ``dp_sgd_sampling=shuffle``). It exists to check equivalence with plain training.
@@ -258,9 +380,23 @@ class DPSGD(Defense):
         max_grad_norm: float = field(default=1.0, metadata={"gt": 0})
         sampling: Literal["poisson", "shuffle"] = "poisson"
         grad_sample_mode: Literal["ew", "hooks", "ghost"] = "ew"
+        group_clip: Optional[GroupClip] = field(default=None, metadata={"omit_if_none": True})
 
     @classmethod
     def check(cls, params, cfg) -> None:
+        gc = params.group_clip
+        if gc is not None:
+            names = [a.name for a in cfg.fairness.attributes] if cfg.fairness is not None else []
+            if gc.attribute not in names:
+                raise ConfigError(
+                    f"defenses.dp_sgd.group_clip.attribute: got {gc.attribute!r}; it must be one of the cell's "
+                    f"fairness.attributes ({', '.join(names) or 'none'}); add it, e.g. fairness: {{attributes: [{gc.attribute}]}}"
+                )
+            if math.isinf(params.max_grad_norm) or params.grad_sample_mode == "ghost":
+                raise ConfigError(
+                    "defenses.dp_sgd.group_clip: needs a finite max_grad_norm and per-sample gradients; "
+                    "use grad_sample_mode: ew or hooks"
+                )
         if (params.noise_multiplier is None) == (params.target_epsilon is None):
             raise ConfigError(
                 "defenses.dp_sgd: set exactly one of noise_multiplier and target_epsilon, e.g. noise_multiplier: 1.0"
@@ -286,7 +422,29 @@ class DPSGD(Defense):
     def label(cls, params) -> str:
         core = f"eps={params.target_epsilon:g}" if params.target_epsilon is not None else f"z={params.noise_multiplier:g}"
         extra = "" if params.sampling == "poisson" else ",shuffle"
+        if params.group_clip is not None:
+            extra += f",group_clip[{params.group_clip.describe()}]"
         return f"dp_sgd({core},C={params.max_grad_norm:g}{extra})"
+
+    @classmethod
+    def check_federation(cls, params, fed) -> None:
+        """Once the data is loaded: ``group_clip``'s subgroups must exist (one line)."""
+        gc = params.group_clip
+        if gc is None:
+            return
+        available = {a.name: a.groups for a in fed.sensitive}
+        gc.check_labels(available[cls._attribute(gc, available)])
+
+    @staticmethod
+    def _attribute(gc: GroupClip, available) -> str:
+        """The key of ``gc.attribute`` among ``available`` (MLflow-safe attribute names)."""
+        name = safe_label(gc.attribute)
+        if name not in available:
+            raise ConfigError(
+                f"defenses.dp_sgd.group_clip.attribute: {gc.attribute!r} has no subgroups in this federation; "
+                "list it under fairness.attributes"
+            )
+        return name
 
     def __init__(self, params) -> None:
         super().__init__(params)
@@ -315,7 +473,15 @@ class DPSGD(Defense):
         if site in self.trainers:
             raise RuntimeError(f"dp_sgd: hospital {site!r} wrapped twice; Opacus must wrap a model once")
         sigma = self.noise_for(len(trainer.data))
-        wrapped = DPTrainer(trainer, sigma, self.params.max_grad_norm, self.params.sampling, self.params.grad_sample_mode)
+        gc, scales = self.params.group_clip, None
+        if gc is not None:
+            groups = getattr(trainer, "groups", {}) or {}
+            g = groups[self._attribute(gc, groups)]
+            scales = gc.row_scales(g.labels, g.codes)
+        wrapped = DPTrainer(
+            trainer, sigma, self.params.max_grad_norm, self.params.sampling, self.params.grad_sample_mode,
+            clip_scales=scales, max_scale=gc.max_scale if gc is not None else 1.0,
+        )
         self.trainers[site] = wrapped
         self.sigmas[site] = sigma
         return wrapped
@@ -340,11 +506,18 @@ class DPSGD(Defense):
         )
 
     def tags(self) -> dict[str, str]:
+        out = {}
         if self.params.sampling != "poisson":
-            return {"dp_sgd_sampling": "shuffle"}
-        return {}
+            out["dp_sgd_sampling"] = "shuffle"
+        if self.params.group_clip is not None:
+            out["dp_sgd_group_clip"] = self.params.group_clip.describe()
+        return out
 
     def metrics(self) -> dict[str, float]:
         out = {f"defense/dp_sgd/site/{s}/noise_multiplier": v for s, v in self.sigmas.items()}
         out.update({f"defense/dp_sgd/site/{s}/steps": float(t.steps_taken) for s, t in self.trainers.items()})
+        if self.params.group_clip is not None:
+            out["defense/dp_sgd/group_clip/max_scale"] = self.params.group_clip.max_scale
+            for s, t in self.trainers.items():  # share of the hospital's records clipped to a larger bound
+                out[f"defense/dp_sgd/site/{s}/scaled_fraction"] = float((t.row_bounds > t.clip * (1 + 1e-9)).float().mean())
         return out

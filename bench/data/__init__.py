@@ -107,7 +107,7 @@ def build_federation(cfg, seeds: Seeds, fairness=None) -> tuple[Federation, Grou
         population=test,  # the inversion prior: same distribution, never trained on nor attacked
         sensitive=sensitive,
     )
-    fed = Federation(info=info, sites=sites, test=test, candidates=candidates, population=candidates)
+    fed = Federation(info=info, sites=sites, test=test, candidates=candidates, population=candidates, sensitive=sensitive)
     return fed, truth
 
 
@@ -132,3 +132,7 @@ def check_data(configs) -> None:
             if hook is not None and (cfg.data, cfg.model, spec) not in checked:
                 checked.add((cfg.data, cfg.model, spec))
                 hook(spec.params, fed, num_params(MODELS.get(cfg.model.name).build(fed.info, cfg.model)))
+        for spec in cfg.defenses:  # e.g. dp_sgd's group_clip names subgroups only the data knows
+            hook = getattr(component_class("defense", spec.name), "check_federation", None)
+            if hook is not None:
+                hook(spec.params, fed)

@@ -8,21 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import re
 from typing import Optional, Sequence
 
 import numpy as np
 
 from bench.data.table import Column, RawData
-from bench.types import ConfigError, SensitiveAttribute
+from bench.types import ConfigError, SensitiveAttribute, safe_label  # noqa: F401  (safe_label re-exported)
 
-_UNSAFE = re.compile(r"[^\w.\- ]+")
 RESERVED = ("site", "exposure", "exposed")  # fairness/site/..., fairness/exposure/..., fairness/exposed/...
-
-
-def safe_label(text: str) -> str:
-    """A subgroup label MLflow accepts in a metric name (``^[/\\w.\\- ]*$``): other characters become ``_``."""
-    return _UNSAFE.sub("_", str(text)).strip() or "_"
 
 
 def _num(x: float) -> str:
