@@ -186,22 +186,34 @@ def paired_comparisons(cells: Sequence[CellRun]) -> tuple[Comparison, ...]:
         in common with a no-defense setting of the same config; seeds present on one side only
         are ignored. Settings with no such partner are absent (see :func:`unpaired_settings`).
     """
+    return compare_with_baselines(group_settings(cells), compared_metrics, _pairs, _both_intervals)
+
+
+def compare_with_baselines(settings, metrics_of, pairs_of, intervals_of) -> tuple[Comparison, ...]:
+    """The paired comparison of every defense setting with its no-defense settings.
+
+    Args:
+        settings: the suite's settings.
+        metrics_of: metric names (an iterable) -> the ones to compare.
+        pairs_of: ``(setting, baseline, metric)`` -> (defense cell, no-defense cell) pairs of one seed.
+        intervals_of: ``(defense cell, no-defense cell, metric)`` -> their within-cell intervals or None.
+    """
     out: list[Comparison] = []
-    for group in baseline_groups(group_settings(cells)).values():
+    for group in baseline_groups(settings).values():
         baselines = [s for s in group if s.is_baseline]
         for s in group:
             if s.is_baseline or not baselines:
                 continue
-            for metric in compared_metrics(k for c in s.cells for k in c.metrics):
+            for metric in metrics_of(k for c in s.cells for k in c.metrics):
                 # the no-defense setting that ran this metric's attack the same way (several can exist
                 # when they differ only in attacks that leave training alone)
-                best = max(baselines, key=lambda b: len(_pairs(s, b, metric)))
-                pairs = _pairs(s, best, metric)
+                best = max(baselines, key=lambda b: len(pairs_of(s, b, metric)))
+                pairs = pairs_of(s, best, metric)
                 if not pairs:
                     continue
                 diff = paired_difference(
                     [(x.metrics[metric], y.metrics[metric]) for x, y in pairs],
-                    [_both_intervals(x, y, metric) for x, y in pairs],
+                    [intervals_of(x, y, metric) for x, y in pairs],
                 )
                 if diff is None:
                     continue

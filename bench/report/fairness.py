@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from bench.report.compare import Comparison, baseline_groups, comparable
+from bench.report.compare import Comparison, baseline_groups, comparable, compare_with_baselines
 from bench.report.families import within_cell_interval
 from bench.report.figures import Figure, ReportContext, Skipped, _figure, _plt, _save, _wrap, fmt_diff
 from bench.report.load import Setting
@@ -64,21 +64,7 @@ def _cis(x, y, metric: str):
 
 def fairness_comparisons(settings: Sequence[Setting]) -> tuple[Comparison, ...]:
     """Every defense setting's change of each fairness metric against no defense, paired by seed."""
-    out: list[Comparison] = []
-    for group in baseline_groups(settings).values():
-        baselines = [s for s in group if s.is_baseline]
-        for s in group:
-            if s.is_baseline or not baselines:
-                continue
-            for metric in fairness_compared(k for c in s.cells for k in c.metrics):
-                best = max(baselines, key=lambda b: len(_pairs(s, b, metric)))
-                pairs = _pairs(s, best, metric)
-                diff = paired_difference([(x.metrics[metric], y.metrics[metric]) for x, y in pairs], [_cis(x, y, metric) for x, y in pairs]) if pairs else None
-                if diff is None:
-                    continue
-                per_seed = tuple((x.seed, x.run_id, x.metrics[metric] - y.metrics[metric]) for x, y in pairs)
-                out.append(Comparison(s.label, best.label, s.dataset, metric, diff, per_seed))
-    return tuple(out)
+    return compare_with_baselines(settings, fairness_compared, _pairs, _cis)
 
 
 def smaller_group_differences(settings: Sequence[Setting]) -> list[tuple[str, str, str, str, Difference]]:
