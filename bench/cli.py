@@ -458,18 +458,9 @@ def cmd_report(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from bench.tracking import default_tracking_uri
+    from bench.ui import cmd_ui as run_ui
 
-    uri = args.tracking_uri or default_tracking_uri()
-    exe = shutil.which("mlflow") or os.path.join(os.path.dirname(sys.executable), "mlflow")
-    if not os.path.exists(exe):
-        raise ConfigError("the mlflow command is not installed; pip install mlflow")
-    cmd = [exe, "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port), "--workers", "1"]
-    print(f"MLflow UI on http://{args.host}:{args.port} (store {uri}); Ctrl-C to stop")
-    try:
-        return subprocess.call(cmd)
-    except KeyboardInterrupt:
-        return 0
+    return run_ui(args)
 
 
 class _Parser(argparse.ArgumentParser):
