@@ -263,9 +263,26 @@ def _summary_table(rows: Sequence[SummaryRow]) -> str:
     return "\n".join(lines)
 
 
+def _every_error(path: str) -> list[str]:
+    """All problems the suite schema finds in the file (empty when it cannot be read as YAML)."""
+    from bench.catalog import schema_errors
+    from bench.config import load_yaml
+
+    try:
+        return schema_errors(load_yaml(path))
+    except (ConfigError, OSError):
+        return []  # the loader names an unreadable file or broken YAML in its own one line
+
+
 def cmd_validate(args) -> int:
     from bench.suite import filter_cells, load_suite
 
+    problems = _every_error(args.suite)
+    if len(problems) > 1:  # one at a time would take as many runs as there are problems
+        print(f"privbench: error: {args.suite}: {len(problems)} problems (`privbench list NAME` shows a component's keys):", file=sys.stderr)
+        for line in problems:
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     suite = filter_cells(load_suite(args.suite, args.set), args.only)
     if args.data:
         from bench.data import check_data
@@ -278,18 +295,18 @@ def cmd_validate(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from bench.components import registry
+    from bench.catalog import describe, overview
 
-    for kind, title in (("dataset", "datasets"), ("model", "models"), ("defense", "defenses"), ("attack", "attacks")):
-        print(f"{title}:")
-        for name, cls in registry(kind).items():
-            doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-            extra = ""
-            if kind == "attack":
-                extra = f" [threat model: {cls.threat_model}]"
-            if kind == "defense":
-                extra = " [DP: has ε]" if cls.is_dp else " [not DP]"
-            print(f"  {name:<20} {doc}{extra}")
+    print(describe(args.name) if args.name else overview())
+    return 0
+
+
+def cmd_schema(args) -> int:
+    import json
+
+    from bench.catalog import suite_schema
+
+    print(json.dumps(suite_schema(), indent=2, default=str))
     return 0
 
 
@@ -463,6 +480,15 @@ def cmd_ui(args) -> int:
     return run_ui(args)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("privbench")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, no usage dump
         self.exit(EXIT_BAD_INPUT, f"privbench: error: {message}; see `privbench {self.prog.split()[-1]} --help`\n" if " " in self.prog else f"privbench: error: {message}; see `privbench --help`\n")
@@ -471,6 +497,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="privbench", description="Privacy attack-and-defense benchmark for federated learning.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
+    p.add_argument("--version", action="version", version=f"privbench {_version()}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def suite_args(sp):
@@ -493,8 +520,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--data", action="store_true", help="also load and split every cell's data (as `run` does before it starts)")
     v.set_defaults(func=cmd_validate)
 
-    li = sub.add_parser("list", help="list datasets, models, defenses and attacks")
+    li = sub.add_parser("list", help="list datasets, models, defenses and attacks; `list NAME` shows one's parameters")
+    li.add_argument("name", nargs="?", metavar="NAME", help="a component, e.g. lira or dp_sgd: its parameters, defaults, ranges and paper")
     li.set_defaults(func=cmd_list)
+
+    sc = sub.add_parser("schema", help="print the JSON Schema of suite files (for editors: privbench schema > suite.schema.json)")
+    sc.set_defaults(func=cmd_schema)
 
     rp = sub.add_parser("report", help="figures, summary table and report.html of a suite, read back from MLflow")
     rp.add_argument("--suite", required=True, metavar="NAME", help="suite name (the `suite:` key of its YAML, e.g. quick)")
