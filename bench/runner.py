@@ -107,13 +107,20 @@ def privacy_tags(report: PrivacyReport, tags: Mapping[str, str]) -> dict[str, st
     return out
 
 
-def run_cell(cfg: ExperimentConfig, out: CellLog, on_round: Optional[Callable[[RoundRecord], None]] = None) -> CellResult:
+def run_cell(cfg: ExperimentConfig, out: CellLog, on_round: Optional[Callable[[RoundRecord], None]] = None,
+             on_phase: Optional[Callable[[str], None]] = None) -> CellResult:
     """Run one experiment cell and log everything to ``out``.
+
+    ``on_round`` is called after each FedAvg round, ``on_phase`` with a short name when a
+    phase starts (``data``, ``training``, ``attack lira``, ``fairness``, ``logging``) so that
+    a progress display covers the whole cell, not only its rounds.
 
     The pipeline (DESIGN.md): federation + truth -> defenses/attacks -> FedAvg record ->
     ε -> attacker views -> attack outputs -> scores (the only place truth meets attacks).
     """
     t0 = time.perf_counter()
+    phase = on_phase or (lambda name: None)
+    phase("data")
     seeds = Seeds(cfg.seed)
     out.params(cfg.flat_params())
     out.text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), "config.yaml")
@@ -135,6 +142,7 @@ def run_cell(cfg: ExperimentConfig, out: CellLog, on_round: Optional[Callable[[R
         if on_round is not None:
             on_round(r)
 
+    phase("training")
     record = run_federated(fed, initial, defenses, cfg.train, cfg.privacy, seeds, on_round=stream)
     metrics: dict[str, float] = dict(record.rounds[-1].utility)
     report = account(record.dp_events, cfg.privacy.accountant, cfg.privacy.delta, cfg.privacy.neighbouring)
@@ -159,6 +167,7 @@ def run_cell(cfg: ExperimentConfig, out: CellLog, on_round: Optional[Callable[[R
     observed: dict[str, list[str]] = {}
     outputs: dict[str, object] = {}
     for spec, attack in zip(cfg.attacks, attacks):
+        phase(f"attack {spec.name}")  # (the first outsider attack also trains the reference models)
         t_a = time.perf_counter()
         output = outputs[spec.name] = attack.run(views[attack.threat_model], seeds.rng("attack", spec.name))
         if isinstance(output, AuditScores):
@@ -171,6 +180,7 @@ def run_cell(cfg: ExperimentConfig, out: CellLog, on_round: Optional[Callable[[R
         metrics[f"cost/attack/{spec.name}/seconds"] = time.perf_counter() - t_a
         for path, data in render(output, truth, fed.info, spec.name).items():
             out.bytes(data, path)
+    phase("fairness and audit verdicts")
     ref_files, ref_metrics = reference_artifacts(views)
     for path, data in ref_files.items():
         out.bytes(data, path)
@@ -180,6 +190,7 @@ def run_cell(cfg: ExperimentConfig, out: CellLog, on_round: Optional[Callable[[R
     metrics.update(audit)
     tags.update(audit_tags)
     metrics["cost/seconds"] = time.perf_counter() - t0
+    phase("logging")
     finite = {k: v for k, v in metrics.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
     # the last round's utility is already logged at step=rounds: log it once, not twice
     out.metrics({k: v for k, v in finite.items() if k not in record.rounds[-1].utility}, step=cfg.train.rounds)
