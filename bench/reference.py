@@ -96,7 +96,7 @@ class VSecureAggregation(VectorDefense):
 
     @classmethod
     def unsupported(cls, params):
-        if params.dropout_fraction > 0 and params.dropout_phase == "before_masked_input":
+        if params.excludes_inputs:  # dropout_fraction before the masked input, or `dropout` at share_keys/masked_input
             return "secure_aggregation with dropouts before the masked input"
         return None
 

@@ -8,26 +8,97 @@ Aggregation with (Poly)Logarithmic Overhead", CCS 2020. Protocol: :mod:`defenses
 
 from __future__ import annotations
 
+import difflib
+import hashlib
 import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Literal, Mapping, Optional
+from typing import Any, Literal, Mapping, Optional
 
 import numpy as np
 import torch
 
-from bench.types import ConfigError
+from bench.types import ConfigError, ProtocolAbort
 from defenses.base import DEFENSES, Defense, ServerContext, weighted_sum
-from defenses.secagg.protocol import harary_graph, secure_sum
+from defenses.secagg.protocol import DROPOUT_ROUNDS, ROUNDS, DropoutRound, harary_graph, secure_sum
 from defenses.secagg.quantization import Quantizer
 
 log = logging.getLogger(__name__)
+
+__all__ = ["Dropout", "ProtocolAbort", "SecureAggregation", "threshold_for"]
+
+# rounds whose dropouts leave the client's input out of the sum (the rest only cost shares)
+EXCLUDING_ROUNDS = ("share_keys", "masked_input")
+_DROPOUT_STREAM = int.from_bytes(hashlib.sha256(b"secure_aggregation/dropout").digest()[:8], "big")
+_TAG_LIMIT = 4000  # MLflow tag values hold 5000 characters
 
 
 def threshold_for(group_size: int, fraction: float) -> int:
     """t = ⌊fraction·group⌋ + 1 (default fraction ½: a strict majority), at most the group size."""
     return max(1, min(group_size, math.floor(fraction * group_size) + 1))
+
+
+@dataclass(frozen=True)
+class Dropout:
+    """One entry of ``secure_aggregation``'s ``dropout``: ``{round: masked_input, rate: 0.2}``.
+
+    Attributes:
+        round: the protocol round at which clients drop (one of
+            :data:`defenses.secagg.protocol.DROPOUT_ROUNDS`): ``share_keys`` (round 1: they
+            never share their keys) and ``masked_input`` (round 2: they never send y_u) leave
+            their update out of the sum; ``consistency_check`` (round 3) and ``unmasking``
+            (round 4: they send no shares) keep it in.
+        rate: the probability that each hospital still in the protocol when ``round`` starts
+            drops there (independently, from the round's seeded dropout stream).
+    """
+
+    round: DropoutRound
+    rate: float
+
+    def __post_init__(self) -> None:
+        where = "defenses.secure_aggregation.dropout"
+        if self.round not in DROPOUT_ROUNDS:
+            close = difflib.get_close_matches(str(self.round), DROPOUT_ROUNDS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}.round: got {self.round!r}; allowed: {', '.join(DROPOUT_ROUNDS)}{hint}")
+        if isinstance(self.rate, bool) or not isinstance(self.rate, (int, float)) or not 0 <= self.rate < 1:
+            raise ConfigError(f"{where}.rate: got {self.rate!r}; expected a probability in [0, 1)")
+        object.__setattr__(self, "rate", float(self.rate))
+
+
+def _dropout_entry(item: Any, where: str) -> Dropout:
+    if isinstance(item, Dropout):
+        return item
+    if not isinstance(item, dict):
+        raise ConfigError(f"{where}: got {item!r}; expected {{round: masked_input, rate: 0.2}}")
+    for key in item:
+        if key not in ("round", "rate"):
+            close = difflib.get_close_matches(str(key), ("round", "rate"), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}.{key}: unknown key{hint}; allowed: round, rate")
+    missing = [k for k in ("round", "rate") if k not in item]
+    if missing:
+        raise ConfigError(f"{where}.{missing[0]}: missing required key")
+    return Dropout(**item)
+
+
+def _parse_dropout(value: Any) -> Optional[tuple[Dropout, ...]]:
+    """``dropout`` as written (a mapping, a list of mappings, or null) -> entries, or None."""
+    where = "defenses.secure_aggregation.dropout"
+    if value is None:
+        return None
+    if isinstance(value, (dict, Dropout)):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where}: got {value!r}; expected {{round: masked_input, rate: 0.2}} or a list of them")
+    entries = tuple(_dropout_entry(v, f"{where}[{i}]") for i, v in enumerate(value))
+    rounds = [e.round for e in entries]
+    twice = next((r for r in rounds if rounds.count(r) > 1), None)
+    if twice is not None:
+        raise ConfigError(f"{where}: round {twice!r} is listed twice; give each round one rate")
+    # protocol order, so that equal settings written in another order have one run_key
+    return tuple(sorted(entries, key=lambda e: DROPOUT_ROUNDS.index(e.round))) or None
 
 
 @DEFENSES.register("secure_aggregation")
@@ -42,13 +113,23 @@ class SecureAggregation(Defense):
     (no ε); it *hides individual updates* (``hides_updates``): the server's view holds only
     the aggregate, and attacks that need single updates are refused at load time.
 
-    Dropouts: ``dropout_fraction`` of each round's hospitals (chosen with the round's seeded
-    generator) go offline after sending their masked input (``dropout_phase:
-    after_masked_input``: their update is still in the sum) or before (``before_masked_input``:
-    it is not, and the sum is re-weighted over the hospitals that sent one). The sum is
-    recovered while ≥ t hospitals survive; otherwise :class:`bench.types.ProtocolAbort`
-    ends the cell as FAILED. Keys, seeds and Shamir coefficients come from the OS CSPRNG, as
-    in a deployment; the result does not depend on them (masks cancel exactly).
+    Dropouts, at any round of the protocol: ``dropout: {round: masked_input, rate: 0.2}`` or a
+    list with one entry per round (``share_keys``, ``masked_input``, ``consistency_check``,
+    ``unmasking``); each hospital still in the protocol when a listed round starts drops there
+    with probability ``rate``, drawn from a stream derived from the round's server seed (it
+    does not shift the draws of a later server hook such as ``client_dp``'s noise). Hospitals
+    that drop at ``share_keys`` or ``masked_input`` are not in the sum, which is re-weighted
+    over the hospitals whose input arrived (FedAvg over those); those that drop later are in
+    it, their self masks removed with the others' shares. The older ``dropout_fraction`` (an
+    exact fraction of each round's hospitals, drawn from the server generator) with
+    ``dropout_phase`` ``before_masked_input`` / ``after_masked_input`` is the same as
+    ``masked_input`` / ``consistency_check``. The sum is recovered while ≥ t hospitals remain at
+    every round; otherwise, and on any protocol failure (a ciphertext or share that does not
+    verify, an unknown or duplicate party), :class:`bench.types.ProtocolAbort` ends the cell
+    as FAILED with one line naming the round, the party and what failed. Keys, seeds and
+    Shamir coefficients come from the OS CSPRNG, as in a deployment; the result does not
+    depend on them (masks cancel exactly). Who dropped where goes to the tag
+    ``secure_aggregation_dropouts`` and the ``defense/secure_aggregation/...`` metrics.
 
     Cost metrics: ``cost/bytes_per_client`` (bytes each hospital sends, mean),
     ``cost/secagg_seconds`` (one round: encoding, protocol and decoding of all parties, run one
@@ -68,6 +149,26 @@ class SecureAggregation(Defense):
         dropout_fraction: float = field(default=0.0, metadata={"ge": 0, "lt": 1})
         dropout_phase: Literal["after_masked_input", "before_masked_input"] = "after_masked_input"
         neighbors: Optional[int] = field(default=None, metadata={"ge": 2})
+        dropout: Any = field(default=None, metadata={"omit_if_none": True})  # Optional[tuple[Dropout, ...]]
+
+        def __post_init__(self) -> None:
+            object.__setattr__(self, "dropout", _parse_dropout(self.dropout))
+            if self.dropout is not None and self.dropout_fraction > 0:
+                raise ConfigError(
+                    "defenses.secure_aggregation.dropout: set either dropout or dropout_fraction/dropout_phase, not both"
+                )
+
+        @property
+        def dropout_rates(self) -> dict[str, float]:
+            """Round -> rate (the ``dropout`` entries; ``{}`` without them)."""
+            return {e.round: e.rate for e in self.dropout or ()}
+
+        @property
+        def excludes_inputs(self) -> bool:
+            """Whether some dropouts leave inputs out of the sum (it is then re-weighted)."""
+            if self.dropout_fraction > 0 and self.dropout_phase == "before_masked_input":
+                return True
+            return any(self.dropout_rates.get(r, 0) > 0 for r in EXCLUDING_ROUNDS)
 
     @classmethod
     def check(cls, params, cfg) -> None:
@@ -75,14 +176,19 @@ class SecureAggregation(Defense):
             raise ConfigError(
                 f"defenses.secure_aggregation.neighbors: got {params.neighbors}; the SecAgg+ ring graph needs an even degree"
             )
-        if params.dropout_fraction > 0 and params.dropout_phase == "before_masked_input":
+        if params.excludes_inputs:
             # re-weighting over fewer hospitals raises each one's influence above the C/m that
             # client-level DP calibrated its noise to: the accounted epsilon would be wrong
             client_dp = [s.name for s in cfg.defenses if DEFENSES.get(s.name).privacy_unit == "client"]
             if client_dp:
+                if params.dropout is None:
+                    raise ConfigError(
+                        f"defenses.secure_aggregation.dropout_phase: 'before_masked_input' re-weights the sum over fewer "
+                        f"hospitals, which breaks {client_dp[0]!r}'s noise calibration; use dropout_phase: after_masked_input"
+                    )
                 raise ConfigError(
-                    f"defenses.secure_aggregation.dropout_phase: 'before_masked_input' re-weights the sum over fewer "
-                    f"hospitals, which breaks {client_dp[0]!r}'s noise calibration; use dropout_phase: after_masked_input"
+                    f"defenses.secure_aggregation.dropout: dropouts at {' or '.join(EXCLUDING_ROUNDS)} re-weight the sum over "
+                    f"fewer hospitals, which breaks {client_dp[0]!r}'s noise calibration; use consistency_check or unmasking"
                 )
 
     @classmethod
@@ -92,11 +198,38 @@ class SecureAggregation(Defense):
             parts.append(f"k={params.neighbors}")
         if params.dropout_fraction:
             parts.append(f"drop={params.dropout_fraction:g}")
+        parts += [f"drop@{r}={rate:g}" for r, rate in params.dropout_rates.items() if rate > 0]
         return "secure_aggregation" + (f"({','.join(parts)})" if parts else "")
 
     def __init__(self, params) -> None:
         super().__init__(params)
         self.rounds: list[dict[str, float]] = []
+        # per FedAvg round: protocol round -> the hospitals that dropped there
+        self.dropped: list[dict[str, tuple[str, ...]]] = []
+
+    def _dropouts(self, n: int, ctx: ServerContext) -> dict[str, list[int]]:
+        """Protocol round -> indices of the hospitals that drop there, for this FedAvg round."""
+        p = self.params
+        if p.dropout is None:
+            if p.dropout_fraction <= 0:
+                return {}
+            # draw from the round's server generator only when needed, so that without dropouts
+            # a later server hook (client_dp's noise) sees the same stream as without this defense
+            order = torch.randperm(n, generator=ctx.generator).tolist()
+            phase = "masked_input" if p.dropout_phase == "before_masked_input" else "consistency_check"
+            return {phase: order[: int(round(p.dropout_fraction * n))]}
+        # a child stream of the round's server seed (read, not drawn from): dropouts never shift
+        # the server generator's later draws (client_dp's noise, the SecAgg+ graph)
+        rng = np.random.default_rng(np.random.SeedSequence([ctx.generator.initial_seed(), _DROPOUT_STREAM]))
+        # one uniform per hospital per protocol round, used or not: a round's draws do not
+        # depend on the other rounds' rates
+        u = rng.random((len(DROPOUT_ROUNDS), n))
+        rates = p.dropout_rates
+        online, out = set(range(n)), {}
+        for i, rnd in enumerate(DROPOUT_ROUNDS):
+            out[rnd] = [c for c in range(n) if c in online and u[i, c] < rates.get(rnd, 0.0)]
+            online.difference_update(out[rnd])
+        return out
 
     def aggregate(
         self, updates: Mapping[str, torch.Tensor], weights: Mapping[str, float], ctx: ServerContext
@@ -104,6 +237,12 @@ class SecureAggregation(Defense):
         p = self.params
         names = list(updates)
         n = len(names)
+        # the server runs the protocol among the round's participants, each once
+        if len(set(ctx.participants)) != len(ctx.participants) or set(names) != set(ctx.participants):
+            dup = sorted({x for x in ctx.participants if ctx.participants.count(x) > 1})
+            unknown = sorted(set(names) ^ set(ctx.participants))
+            what = f"duplicate party id {dup[0]!r}" if dup else f"unknown party id {unknown[0]!r} (the round's participants: {', '.join(ctx.participants)})"
+            raise ProtocolAbort(f"secure aggregation aborted in {ROUNDS['advertise_keys']}: server: {what}")
         t_plain = time.perf_counter()
         weighted_sum(updates, weights)  # the plain baseline, timed for comparison only
         plain_seconds = time.perf_counter() - t_plain
@@ -119,26 +258,23 @@ class SecureAggregation(Defense):
             )
         encoded = [quant.encode(x) for x in inputs]
 
-        # draw from the round's server generator only when needed, so that without dropouts
-        # a later server hook (client_dp's noise) sees the same stream as without this defense
-        order = torch.randperm(n, generator=ctx.generator).tolist() if p.dropout_fraction > 0 else []
+        dropouts = self._dropouts(n, ctx)
         graph = None
         group = n
         if p.neighbors is not None and p.neighbors < n - 1:
             graph = harary_graph(n, p.neighbors, torch.randperm(n, generator=ctx.generator).tolist())
             group = p.neighbors + 1
         t = threshold_for(group, p.threshold_fraction)
-        dropped = order[: int(round(p.dropout_fraction * n))]
-        before = dropped if p.dropout_phase == "before_masked_input" else []
-        after = dropped if p.dropout_phase == "after_masked_input" else []
         res = secure_sum(
-            encoded, threshold=t, bits=p.bits, graph=graph, drop_before=before, drop_after=after,
-            session=f"round-{ctx.round}".encode(),
+            encoded, threshold=t, bits=p.bits, graph=graph, dropouts=dropouts,
+            session=f"round-{ctx.round}".encode(), party_names=names,
         )
         total = quant.decode(res.total)
-        if before:
+        if len(res.included) < n:
             # FedAvg over the hospitals whose input arrived: re-normalise their weights
             total = total / sum(weights[names[u]] for u in res.included)
+        dropped = {rnd: tuple(names[u] for u in res.dropped[rnd]) for rnd in DROPOUT_ROUNDS}
+        self.dropped.append(dropped)
         self.rounds.append(
             {
                 "bytes": float(np.mean(list(res.bytes_sent.values()))),
@@ -148,7 +284,11 @@ class SecureAggregation(Defense):
                 "protocol_seconds": res.seconds,
                 "plain_seconds": plain_seconds,
                 "plain_bytes": float(updates[names[0]].numel() * updates[names[0]].element_size()),
-                "dropped": float(len(dropped)),
+                "round": float(ctx.round),
+                "dropped": float(sum(len(v) for v in dropped.values())),
+                **{f"dropped/{rnd}": float(len(dropped[rnd])) for rnd in DROPOUT_ROUNDS},
+                "included": float(len(res.included)),
+                "survivors": float(len(res.survivors)),
                 "threshold": float(t),
                 "clipped": float(clipped),
                 "max_error": quant.max_sum_error,
@@ -170,7 +310,26 @@ class SecureAggregation(Defense):
             "cost/plain_aggregation_seconds": mean("plain_seconds"),
             "cost/plain_bytes_per_client": mean("plain_bytes"),
             "defense/secure_aggregation/dropped_per_round": mean("dropped"),
+            **{f"defense/secure_aggregation/dropped_at_{rnd}_per_round": mean(f"dropped/{rnd}") for rnd in DROPOUT_ROUNDS},
+            "defense/secure_aggregation/inputs_in_sum_per_round": mean("included"),
+            "defense/secure_aggregation/survivors_per_round": mean("survivors"),
+            "defense/secure_aggregation/min_survivors": min(r["survivors"] for r in self.rounds),
             "defense/secure_aggregation/threshold": mean("threshold"),
             "defense/secure_aggregation/clipped_entries": float(sum(r["clipped"] for r in self.rounds)),
             "defense/secure_aggregation/max_quantization_error": max(r["max_error"] for r in self.rounds),
         }
+
+    def tags(self) -> dict[str, str]:
+        """``secure_aggregation_dropouts``: ``<FedAvg round>:<protocol round>=<hospitals>,...; ...``."""
+        if not self.rounds or not (self.params.dropout or self.params.dropout_fraction):
+            return {}
+        entries = [
+            f"{int(r['round'])}:" + ",".join(f"{rnd}={'+'.join(who)}" for rnd, who in dropped.items() if who)
+            for r, dropped in zip(self.rounds, self.dropped)
+            if any(dropped.values())
+        ]
+        text = "; ".join(entries) or "none"
+        if len(text) > _TAG_LIMIT:
+            kept = text[:_TAG_LIMIT].rsplit("; ", 1)[0]
+            text = f"{kept}; ... ({len(entries) - kept.count('; ') - 1} more rounds with dropouts)"
+        return {"secure_aggregation_dropouts": text}

@@ -37,18 +37,36 @@ def split(secret: int, threshold: int, xs: Sequence[int]) -> dict[int, int]:
     return out
 
 
+def interpolation_weights(xs: Sequence[int], points: Sequence[int]) -> list[list[int]]:
+    """Lagrange weights of the shares at ``xs`` for evaluating their polynomial at each of ``points``.
+
+    ``f(z) = Σᵢ w[z][i]·f(xs[i]) mod PRIME`` for every polynomial of degree < ``len(xs)``; one
+    set of weights serves every secret shared among the same holders (the server reuses them).
+    """
+    t = len(xs)
+    inv = []
+    for i, xi in enumerate(xs):
+        den = 1
+        for k, xk in enumerate(xs):
+            if k != i:
+                den = den * (xi - xk) % PRIME
+        inv.append(pow(den, -1, PRIME))  # extended Euclid: far cheaper than den^(p−2)
+    out = []
+    for z in points:
+        diffs = [(z - xk) % PRIME for xk in xs]
+        prefix, suffix = [1] * (t + 1), [1] * (t + 1)
+        for k in range(t):
+            prefix[k + 1] = prefix[k] * diffs[k] % PRIME
+            suffix[t - k - 1] = suffix[t - k] * diffs[t - k - 1] % PRIME
+        out.append([inv[i] * prefix[i] % PRIME * suffix[i + 1] % PRIME for i in range(t)])
+    return out
+
+
 def combine(shares: Mapping[int, int]) -> int:
     """Lagrange interpolation at 0 of the given ``{x: y}`` shares (pass exactly t of them)."""
     xs = list(shares)
-    secret = 0
-    for i, xi in enumerate(xs):
-        num, den = 1, 1
-        for j, xj in enumerate(xs):
-            if i != j:
-                num = num * (-xj) % PRIME
-                den = den * (xi - xj) % PRIME
-        secret = (secret + shares[xi] * num * pow(den, PRIME - 2, PRIME)) % PRIME
-    return secret
+    weights = interpolation_weights(xs, [0])[0]
+    return sum(w * shares[x] for w, x in zip(weights, xs)) % PRIME
 
 
 def to_bytes(value: int) -> bytes:
