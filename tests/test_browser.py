@@ -1,9 +1,18 @@
-"""The MLflow UI, checked in a real browser: a tiny suite's cells appear by name.
+"""The MLflow UI in a real browser, opened the way a user opens it: ``privbench ui``'s link.
 
-Starts ``mlflow server --workers 1`` on a temporary SQLite store filled by ``privbench run``,
-opens the suite's experiment page in headless Chromium (selenium) and waits for the React
-app to show every cell's run name. A screenshot is kept under the test's tmp dir and copied
-to ``results/browser/`` (git-ignored). Needs Chromium and chromedriver:
+A three-cell suite (no defense, clipping, DP-SGD; one seed) is run into a temporary SQLite
+store; ``python -m bench ui`` starts MLflow on it and prints each suite's link, which headless
+Chromium (selenium) opens. Asserted as a user sees it:
+
+* the runs table, not MLflow 3's GenAI overview, with the "Model training" side bar;
+* the cells grouped by defense setting, every run name shown in full and no two alike;
+* the headline metric columns (test accuracy, ε, δ, the attack's TPR at 1 % FPR, seconds) and a
+  filled Dataset column;
+* the chart view: one "Compare defenses" section of a few charts (not one per metric) and the
+  rest collapsed;
+* MLflow's compare-runs page of the three cells lists all three.
+
+Screenshots go to ``results/browser/*.png`` (git-ignored). Needs Chromium and chromedriver:
 ``apt-get install -y --no-install-recommends chromium chromium-driver`` (CI's .ci/run does).
 """
 
@@ -15,13 +24,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+SHOTS = REPO / "results" / "browser"
 SUITE = """\
 suite: browsertest
 base:
@@ -30,13 +40,20 @@ base:
   train: {rounds: 2, local_epochs: 1, batch_size: 16, lr: 0.1}
   attacks: [{name: loss_threshold}]
 grid:
-  defenses: [[], [{name: clipping, max_norm: 0.5}]]
+  defenses: [[], [{name: clipping, max_norm: 0.5}], [{name: dp_sgd, noise_multiplier: 1.0, max_grad_norm: 1.0}]]
 seeds: [0]
 """
+HEADLINE = ("utility/test_accuracy", "privacy/epsilon", "privacy/delta", "attack/loss_threshold/tpr_at_fpr_0.01", "cost/seconds")
+GENAI_OVERVIEW = ("No data available for the selected time range", "Token Usage")  # what MLflow 3 showed before
 CHROME_FLAGS = (
     "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--window-size=1600,1000",
+    "--disable-component-update", "--disable-sync", "--window-size=2200,1100",
 )
+# the run-name cells whose text does not fit (CSS ellipsis): [name, clipped]
+NAME_CELLS_JS = """
+return Array.from(document.querySelectorAll('.ag-row .ag-cell[col-id="attributes.`Run Name`"]')).map(c =>
+  [c.innerText.trim(), [c, ...c.querySelectorAll('*')].some(e => e.scrollWidth > e.clientWidth + 1)]);
+"""
 
 
 def _free_port() -> int:
@@ -53,49 +70,58 @@ def _executable(*names: str) -> str:
     pytest.fail(f"none of {names} found; install Chromium: apt-get install -y --no-install-recommends chromium chromium-driver")
 
 
-def _wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout: float = 120.0) -> float:
+def _read_links(proc: subprocess.Popen, out: list[str], timeout: float) -> list[str]:
+    """The suite links ``privbench ui`` prints once MLflow answers (stdout read on a thread)."""
+    done = threading.Event()
+
+    def pump():
+        for line in proc.stdout:
+            out.append(line.rstrip("\n"))
+            if "Ctrl-C to stop" in line:
+                done.set()
+        done.set()
+
+    threading.Thread(target=pump, daemon=True).start()
     t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if server.poll() is not None:
-            pytest.fail(f"mlflow server exited with {server.returncode}: {log.read_text()[-2000:]}")
+    while time.monotonic() - t0 < timeout and not done.is_set():
+        time.sleep(0.2)
+    if proc.poll() is not None or not done.is_set():
+        pytest.fail(f"`privbench ui` gave no link in {timeout:.0f} s (exit {proc.poll()}): {out[-10:]}")
+    return [l.split(": ", 1)[1] for l in out if "#/experiments/" in l and ": http" in l]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop the ``privbench ui`` this test started: SIGINT, as Ctrl-C would (it then stops MLflow)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    return time.monotonic() - t0
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail(f"mlflow server not healthy after {timeout:.0f} s: {log.read_text()[-2000:]}")
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
 
 
-def _stop(server: subprocess.Popen) -> None:
-    """Stop the server and the workers it started (its own process group, started by this test)."""
-    if server.poll() is not None:
-        return
-    os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait(timeout=15)
+def _fill_dataset_inputs(client, cells) -> None:
+    """Until the runner logs dataset inputs itself: log them as it will (bench.mlflow_view)."""
+    from bench.mlflow_view import log_dataset_input
 
-
-def _all_visible(driver, names) -> bool:
-    text = driver.find_element("tag name", "body").text
-    return all(n in text for n in names)
+    for r in cells:
+        if not r.inputs.dataset_inputs:
+            log_dataset_input(client, r.info.run_id, r.data.tags["dataset"], r.data.tags.get("data_fingerprint", "sklearn:breast_cancer"))
 
 
 @pytest.mark.slow
-def test_mlflow_ui_shows_the_cells_by_name(tmp_path):
+def test_privbench_ui_opens_a_suite_ready_to_compare(tmp_path):
     from mlflow.tracking import MlflowClient
     from selenium import webdriver
-    from selenium.common.exceptions import TimeoutException, WebDriverException
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     from bench.cli import main
+    from bench.mlflow_view import compare_link
 
     chromium = _executable("chromium", "chromium-browser", "google-chrome")
     chromedriver = _executable("chromedriver")
@@ -107,22 +133,22 @@ def test_mlflow_ui_shows_the_cells_by_name(tmp_path):
     exp = client.get_experiment_by_name("browsertest")
     cells = client.search_runs([exp.experiment_id], "tags.role = 'cell'")
     names = sorted(r.info.run_name for r in cells)
-    assert names == ["breast_cancer · clipping(C=0.5) · seed 0", "breast_cancer · no defense · seed 0"]
+    assert len(names) == 3 and len(set(names)) == 3
+    _fill_dataset_inputs(client, cells)
 
     port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    mlflow_exe = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
-    log = tmp_path / "mlflow-server.log"
-    screenshot = tmp_path / "mlflow_ui.png"
-    grouped = tmp_path / "mlflow_ui_grouped.png"
-    with open(log, "w") as log_fh:
-        server = subprocess.Popen(
-            [mlflow_exe, "server", "--backend-store-uri", uri, "--workers", "1", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=log_fh, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path,
-        )
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "bench", "ui", "--tracking-uri", uri, "--port", str(port)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    out: list[str] = []
     driver = None
+    shots = {name: tmp_path / f"{name}.png" for name in ("runs_table", "charts", "compare")}
     try:
-        _wait_healthy(url, server, log)
+        links = _read_links(ui, out, timeout=90)
+        assert len(links) == 1 and "viewStateShareKey=" in links[0] and "workflowType=machine_learning" in links[0], out
+        link = links[0]
+
         opts = Options()
         opts.binary_location = chromium
         for flag in CHROME_FLAGS:
@@ -130,46 +156,47 @@ def test_mlflow_ui_shows_the_cells_by_name(tmp_path):
         opts.add_argument(f"--user-data-dir={tmp_path / 'chrome-profile'}")
         driver = webdriver.Chrome(options=opts, service=Service(chromedriver))
         driver.set_page_load_timeout(60)
-        # the suite's runs table (MLflow 3 opens an experiment on its GenAI overview otherwise)
-        driver.get(f"{url}/#/experiments/{exp.experiment_id}/runs")
-        wait = WebDriverWait(driver, 60, poll_frequency=0.5)
-        parent = client.search_runs([exp.experiment_id], "tags.role = 'suite'")[0].info.run_name
-        wait.until(lambda d: parent in d.find_element(By.TAG_NAME, "body").text)
-        # cells are child runs, folded under the suite's run: unfold it
-        if not _all_visible(driver, names):
-            for button in driver.find_elements(By.CSS_SELECTOR, "[role=row] button[data-component-id*='runnamecellrenderer']"):
-                button.click()
-        try:
-            WebDriverWait(driver, 20, poll_frequency=0.5).until(lambda d: _all_visible(d, names))
-        except TimeoutException:
-            # another UI version: search for the cells instead, which lists them by name
-            box = driver.find_element(By.CSS_SELECTOR, "input[placeholder*='metrics']")
-            box.send_keys("tags.role = 'cell'" + Keys.ENTER)
-            WebDriverWait(driver, 30, poll_frequency=0.5).until(lambda d: _all_visible(d, names))
-        body = driver.find_element(By.TAG_NAME, "body").text
-        for n in names:
-            assert n in body
-        assert driver.save_screenshot(str(screenshot))
-        # "Group by" the ``setting`` tag lines the seeds of each defense setting up (docs/reading-results.md)
-        settings = sorted({r.data.tags["setting"] for r in cells})
-        driver.find_element(By.XPATH, "//button[contains(., 'Group by')]").click()
-        WebDriverWait(driver, 20, poll_frequency=0.5).until(
-            lambda d: d.find_elements(By.XPATH, "//*[@role='menuitem' or @role='option' or @role='menuitemcheckbox'][contains(., 'setting')]")
-        )[0].click()
-        WebDriverWait(driver, 30, poll_frequency=0.5).until(lambda d: _all_visible(d, [f"Group: {s}" for s in settings]))
-        driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
-        assert driver.save_screenshot(str(grouped))
+        wait = WebDriverWait(driver, 45, poll_frequency=0.5)
+        body = lambda: driver.find_element(By.TAG_NAME, "body").text  # noqa: E731
+
+        # 1. the runs table, grouped by setting, headline columns, names in full
+        driver.get(link)
+        header = lambda d, m: d.find_elements(By.CSS_SELECTOR, f'.ag-header-cell[col-id="metrics.`{m}`"]')  # noqa: E731
+        wait.until(lambda d: all(n in body() for n in names) and all(header(d, m) for m in HEADLINE))
+        wait.until(lambda d: "breast_cancer (" in body())  # the Dataset column: name (digest)
+        text = body()
+        assert not any(t in text for t in GENAI_OVERVIEW), "MLflow opened its GenAI overview"
+        assert "Model training" in text and "Group by: setting" in text
+        assert text.count("Group: ") == 3
+        cells_shown = [(n, clipped) for n, clipped in driver.execute_script(NAME_CELLS_JS) if n in names]
+        assert sorted(n for n, _ in cells_shown) == names  # each cell once: no two visible names alike
+        assert not [n for n, clipped in cells_shown if clipped], f"run names cut: {cells_shown}"
+        assert driver.save_screenshot(str(shots["runs_table"]))
+
+        # 2. the chart view: the headline charts open, the other metrics collapsed
+        driver.get(link + "&compareRunsMode=CHART")
+        cards = lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid=experiment-view-compare-runs-card]")  # noqa: E731
+        wait.until(lambda d: "Compare defenses" in body() and cards(d))
+        time.sleep(2)  # let the charts draw
+        assert "All other metrics" in body()
+        assert len(cards(driver)) <= len(HEADLINE) + 2, f"{len(cards(driver))} charts open"
+        assert driver.save_screenshot(str(shots["charts"]))
+
+        # 3. MLflow's compare-runs page of the three cells
+        driver.get(compare_link(link.split("/#/")[0], exp.experiment_id, [r.info.run_id for r in cells]))
+        wait.until(lambda d: "Comparing 3 Runs" in body() and all(n in body() for n in names))
+        assert driver.save_screenshot(str(shots["compare"]))
     except WebDriverException:
         if driver is not None:
-            driver.save_screenshot(str(screenshot))
+            driver.save_screenshot(str(tmp_path / "failure.png"))
         raise
     finally:
         if driver is not None:
             driver.quit()
-        _stop(server)
-        keep = REPO / "results" / "browser"
-        for shot in (screenshot, grouped):
+        _stop(ui)
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        for shot in [*shots.values(), tmp_path / "failure.png"]:
             if shot.is_file():
-                keep.mkdir(parents=True, exist_ok=True)
-                shutil.copy(shot, keep / shot.name)
-    assert screenshot.stat().st_size > 10_000 and grouped.stat().st_size > 10_000
+                shutil.copy(shot, SHOTS / shot.name)
+    assert ui.returncode == 0, out[-10:]
+    assert all(s.stat().st_size > 10_000 for s in shots.values())
