@@ -117,7 +117,7 @@ def params_of(cls: type) -> tuple[ParamInfo, ...]:
     docs = _attribute_docs(cls)
     out = []
     for f in dataclasses.fields(cls):
-        if not f.init:
+        if not f.init or f.metadata.get("derived"):
             continue
         d = _default(f)
         out.append(ParamInfo(f.name, type_text(hints[f.name]), "required" if d is dataclasses.MISSING else _yaml_value(d),
@@ -239,7 +239,7 @@ def dataclass_schema(cls: type, extra: typing.Optional[dict] = None) -> dict:
     props: dict[str, dict] = dict(extra or {})
     required = []
     for f in dataclasses.fields(cls):
-        if not f.init:
+        if not f.init or f.metadata.get("derived"):
             continue
         s = dict(_json_type(hints[f.name]))
         for key, js in (("gt", "exclusiveMinimum"), ("ge", "minimum"), ("lt", "exclusiveMaximum"), ("le", "maximum")):

@@ -34,14 +34,51 @@ def component_class(kind: str, name: str) -> Any:
     return registry(kind).get(name)
 
 
+def placeholder_info(cfg):
+    """A :class:`~bench.types.DatasetInfo` of the right modality for checks made before the
+    data is loaded (its tabular width is a stand-in: the data decides it)."""
+    from bench.types import DatasetInfo
+
+    ds = registry("dataset").get(cfg.data.name)
+    modality = getattr(ds, "modality", "tabular")
+    shape = tuple(getattr(ds, "image_shape", (1, 8, 8))) if modality == "image" else (4,)
+    return DatasetInfo(name=cfg.data.name, input_shape=shape, num_classes=2, modality=modality)
+
+
+def check_model_and_sites(cfg, info, site_names) -> None:
+    """The attacks' structural hooks, before training:
+
+    * ``check_model(params, model, info)``: the attack can work on this architecture (e.g. the
+      analytic inversion needs a fully connected input layer);
+    * ``check_sites(params, names)``: hospitals the attack names exist (``site_names`` None:
+      not known yet, checked once the data is loaded).
+    """
+    model = None
+    for spec in cfg.attacks:
+        acls = component_class("attack", spec.name)
+        hook = getattr(acls, "check_model", None)
+        if hook is not None:
+            if model is None:
+                model = registry("model").get(cfg.model.name).build(info, cfg.model)
+            hook(spec.params, model, info)
+        hook = getattr(acls, "check_sites", None)
+        if hook is not None and site_names is not None:
+            hook(spec.params, tuple(site_names))
+
+
 def check_experiment(cfg) -> None:
     """Refuse, before any training, what cannot work; each reason is one line.
 
     * unknown dataset/model names;
     * partitions a dataset does not support;
     * attacks whose threat model needs individual updates while a defense hides them;
+    * attacks that declare ``modalities`` (e.g. TabLeak: tabular) on other data;
     * more than one defense that replaces aggregation;
-    * each component's own ``check(cfg)``.
+    * each component's own ``check(cfg)``;
+    * attacks' ``check_model`` and ``check_sites`` (see :func:`check_model_and_sites`).
+
+    What only the loaded data can tell (a csv's hospitals, their sizes) is checked by
+    :func:`bench.data.check_data`, which ``run`` calls before it logs anything.
     """
     datasets = registry("dataset")
     if cfg.data.name not in datasets:
@@ -76,7 +113,18 @@ def check_experiment(cfg) -> None:
                 f"attacks: {spec.name!r} needs each hospital's individual update, but {hiders[0]!r} "
                 "shows the server only their sum; drop one of them"
             )
+    modality = getattr(datasets.get(cfg.data.name), "modality", "tabular")
+    for spec in cfg.attacks:
+        allowed = getattr(component_class("attack", spec.name), "modalities", None)
+        if allowed is not None and modality not in allowed:
+            raise ConfigError(
+                f"attacks: {spec.name!r} works on {' or '.join(allowed)} data, but {cfg.data.name!r} is {modality} data; "
+                f"drop the attack from this cell or use {' or '.join(allowed)} data"
+            )
     for spec, c in zip(cfg.defenses, dcls):
         c.check(spec.params, cfg)
     for spec in cfg.attacks:
         component_class("attack", spec.name).check(spec.params, cfg)
+    from bench.data import site_names
+
+    check_model_and_sites(cfg, placeholder_info(cfg), site_names(cfg.data))

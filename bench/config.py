@@ -141,7 +141,15 @@ class ComponentSpec:
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """One fully resolved cell of a suite."""
+    """One fully resolved cell of a suite.
+
+    Attributes:
+        data_fingerprint: what the data *is* (``bench.data.fingerprint``: a file digest, or
+            the package version of bundled data), filled in when the suite is built (never
+            from YAML). Part of :attr:`run_key` and :attr:`setting_key`, so a cell whose data
+            changed runs again; empty when the config was built without a suite (tests), or
+            ``unavailable`` when the data could not be read then (``check_data`` says why).
+    """
 
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -149,26 +157,38 @@ class ExperimentConfig:
     privacy: PrivacyConfig = PrivacyConfig()
     defenses: tuple[ComponentSpec, ...] = ()
     attacks: tuple[ComponentSpec, ...] = ()
-    seed: int = 0
+    seed: int = field(default=0, metadata={"ge": 0})
     fairness: Optional[FairnessConfig] = None
+    data_fingerprint: str = field(default="", metadata={"derived": True})
 
     def to_dict(self) -> dict:
+        """The config as YAML would write it (without the derived ``data_fingerprint``)."""
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name == "fairness" and value is None:
                 continue  # absent, not null: configs without fairness keep their run_key
+            if f.metadata.get("derived"):
+                continue
             if f.name in ("defenses", "attacks"):
                 out[f.name] = [spec.to_dict() for spec in value]
             else:
                 out[f.name] = to_dict(value)
         return out
 
+    def _identity(self, with_seed: bool) -> str:
+        d = self.to_dict()
+        if not with_seed:
+            d.pop("seed")
+        if self.data_fingerprint:  # absent when unknown: such configs keep their former key
+            d["data_fingerprint"] = self.data_fingerprint
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
     @property
     def run_key(self) -> str:
-        """Hash of the resolved config (seed included): identifies a cell across invocations."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        """Hash of the resolved config (seed included) and of the data's fingerprint: identifies
+        a cell across invocations; changed data (an edited CSV) is a new cell."""
+        return self._identity(with_seed=True)
 
     def flat_params(self) -> dict[str, str]:
         """The config flattened with dots, for MLflow params (``defenses.dp_sgd.noise_multiplier``)."""
@@ -192,20 +212,21 @@ class ExperimentConfig:
 
     @property
     def setting_key(self) -> str:
-        """Hash of the resolved config without its seed: the seeds of one setting share it."""
-        d = self.to_dict()
-        d.pop("seed")
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        """Hash of the resolved config without its seed (data fingerprint included): the seeds
+        of one setting share it."""
+        return self._identity(with_seed=False)
 
     def setting_label(self) -> str:
-        """The run name without the seed: ``heart_disease · dp_sgd(z=1.0)+secure_aggregation``."""
+        """The defenses with their key parameters, ``dp_sgd(z=1,C=1)+secure_aggregation`` or
+        ``no defense``: the start of a run name (the MLflow runs table shows ~15 characters,
+        so the defense comes first; a suite appends what tells its cells apart)."""
         from bench.components import component_class
 
         parts = [component_class("defense", s.name).label(s.params) for s in self.defenses]
-        return f"{self.data.name} · {'+'.join(parts) or 'no defense'}"
+        return "+".join(parts) or "no defense"
 
     def label(self) -> str:
-        """A run name a person can read: ``heart_disease · dp_sgd(z=1.0)+secure_aggregation · seed 0``."""
+        """A run name a person can read: ``dp_sgd(z=1,C=1)+secure_aggregation · seed 0``."""
         return f"{self.setting_label()} · seed {self.seed}"
 
 

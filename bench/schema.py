@@ -17,6 +17,15 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from bench.types import ConfigError
 
+_INF = {"inf": math.inf, "+inf": math.inf, "infinity": math.inf, ".inf": math.inf, "+.inf": math.inf,
+        "-inf": -math.inf, "-infinity": -math.inf, "-.inf": -math.inf}
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a 400-digit integer stays one short line)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 12]}...({len(text)} chars)"
+
 
 def _type_name(tp: Any) -> str:
     origin = get_origin(tp)
@@ -47,7 +56,9 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
                 errors.append(exc)
                 if dataclasses.is_dataclass(arg) and isinstance(value, dict):
                     raise  # a mapping meant for that dataclass: its own error names the key that is wrong
-        raise ConfigError(f"{path}: got {value!r}; expected {_type_name(tp)}")
+                if arg is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    raise  # a number meant for the float (e.g. too large): say so, not "expected a number"
+        raise ConfigError(f"{path}: got {show(value)}; expected {_type_name(tp)}")
     if origin is Literal:
         allowed = get_args(tp)
         if value not in allowed:
@@ -71,19 +82,45 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 return int(value)
-            raise ConfigError(f"{path}: got {value!r}; expected an integer")
+            raise ConfigError(f"{path}: got {show(value)}; expected an integer")
         return value
     if tp is float:
-        if isinstance(value, str) and value.strip().lower() in ("inf", "infinity", ".inf"):
-            return math.inf
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text not in _INF:
+                raise ConfigError(f"{path}: got {show(value)}; expected a number")
+            return _INF[text]  # refused below unless the field allows it (``inf_ok``)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: got {value!r}; expected a number")
-        return float(value)
+            raise ConfigError(f"{path}: got {show(value)}; expected a number")
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"{path}: got {show(value)}; too large for a number, expected a finite number") from None
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{path}: got {value!r}; expected a string")
         return value
     raise TypeError(f"unsupported schema type {tp!r} at {path}")
+
+
+def _range_text(meta: Any) -> str:
+    parts = [f"{sym} {meta[k]}" for k, sym in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")) if k in meta]
+    return f" {' and '.join(parts)}" if parts else ""
+
+
+def _check_finite(f: dataclasses.Field, value: Any, path: str) -> None:
+    """Refuse NaN and infinities (``.inf``, ``1e400``): a number that is not finite would train
+    on silently (``target_epsilon: .inf`` became σ = 10). A field whose metadata has
+    ``inf_ok`` (a reason, e.g. "no clipping") accepts +inf."""
+    items = value if isinstance(value, tuple) else (value,)
+    for i, v in enumerate(items):
+        if not isinstance(v, float) or math.isfinite(v):
+            continue
+        where = f"{path}[{i}]" if isinstance(value, tuple) else path
+        if v == math.inf and f.metadata.get("inf_ok"):
+            continue
+        also = f" (or inf: {f.metadata['inf_ok']})" if f.metadata.get("inf_ok") else ""
+        raise ConfigError(f"{where}: got {v}; expected a finite number{_range_text(f.metadata)}{also}")
 
 
 def _check_range(f: dataclasses.Field, value: Any, path: str) -> None:
@@ -98,7 +135,7 @@ def _check_range(f: dataclasses.Field, value: Any, path: str) -> None:
     ]
     for key, ok, sym in checks:
         if key in meta and not ok(value, meta[key]):
-            raise ConfigError(f"{path}: got {value!r}; must be {sym} {meta[key]}")
+            raise ConfigError(f"{path}: got {show(value)}; must be {sym} {meta[key]}")
 
 
 def from_dict(cls: type, data: Any, path: str = "") -> Any:
@@ -111,7 +148,8 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{label}: got {data!r}; expected a mapping of keys to values")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    # ``derived`` fields are filled in by code (e.g. the data fingerprint), never by YAML
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and not f.metadata.get("derived")}
     for key in data:
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
@@ -123,6 +161,7 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
         sub = f"{path}.{name}" if path else name
         if name in data:
             value = _coerce(hints[name], data[name], sub)
+            _check_finite(f, value, sub)
             _check_range(f, value, sub)
             kwargs[name] = value
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:

@@ -11,19 +11,31 @@ YAML shape::
       - {data.name: breast_cancer, model.name: logreg}
       - {data.name: digits, model.name: cnn}
     seeds: [0, 1]
+
+Seeds: each cell's seed comes from the top-level ``seeds`` list (default ``[0]``); a
+``base.seed`` is the same as ``seeds: [that seed]`` (and refused if ``seeds`` leaves it out);
+``--set seed=5`` or ``--set seeds=[1,2]`` replaces the list; ``seed`` in a grid or variant is
+refused (list the seeds at the top level).
+
+Run names: ``<defenses with their key parameter> · <what tells colliding cells apart> · seed N``,
+e.g. ``dp_sgd(z=1,C=1) · seed 0``; the dataset appears only where the suite has cells that
+differ by it (``no defense · digits · seed 0``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from bench.config import ExperimentConfig, load_yaml, parse_experiment, parse_override, set_path
+from bench.schema import show
 from bench.types import ConfigError
 
 SUITE_KEYS = ("suite", "description", "base", "grid", "variants", "seeds")
+SEED_KEYS = ("seed", "seeds")  # --set keys that replace the suite's seeds
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
@@ -41,7 +53,7 @@ class Cell:
 
     @property
     def setting(self) -> str:
-        """The run name without the seed: ``digits · dp_sgd(z=1.0) · model=cnn``."""
+        """The run name without the seed: ``dp_sgd(z=1,C=1) · digits · model.name=cnn``."""
         base = self.config.setting_label()
         return f"{base} · {self.distinct}" if self.distinct else base
 
@@ -77,18 +89,48 @@ def _check_top(raw: Any, path: str) -> dict:
     return raw
 
 
-def _seeds(raw: Any) -> tuple[int, ...]:
+def _seeds(raw: Any, where: str = "seeds") -> tuple[int, ...]:
+    """A non-empty list of distinct non-negative integers (any size: ``bench.seeding``)."""
     seeds = raw if raw is not None else [0]
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = [seeds]
     if not isinstance(seeds, list) or not seeds:
-        raise ConfigError(f"seeds: got {raw!r}; expected a non-empty list of integers, e.g. seeds: [0, 1, 2]")
+        raise ConfigError(f"{where}: got {show(raw)}; expected a non-negative integer or a non-empty list of them, e.g. seeds: [0, 1, 2]")
     for i, s in enumerate(seeds):
         if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-            raise ConfigError(f"seeds[{i}]: got {s!r}; expected a non-negative integer")
+            raise ConfigError(f"{where}[{i}]: got {show(s)}; expected a non-negative integer, e.g. seeds: [0, 1, 2]")
     if len(set(seeds)) != len(seeds):
-        raise ConfigError("seeds: a seed is listed twice; list each seed once")
+        raise ConfigError(f"{where}: a seed is listed twice; list each seed once")
     return tuple(seeds)
+
+
+def _suite_seeds(raw: dict, base: dict, seed_sets: Sequence[tuple[str, Any]]) -> tuple[int, ...]:
+    """The suite's seeds: ``--set seed=/seeds=`` (the last wins), else ``seeds:``, else ``base.seed``."""
+    if seed_sets:
+        key, value = seed_sets[-1]
+        try:
+            return _seeds(value, key)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (from --set {key}={value})") from None
+    if "seed" not in base:
+        return _seeds(raw.get("seeds"))
+    one = base["seed"]
+    if isinstance(one, bool) or not isinstance(one, int) or one < 0:
+        raise ConfigError(f"base.seed: got {show(one)}; expected a non-negative integer (or list the seeds at the top level: seeds: [0, 1, 2])")
+    if raw.get("seeds") is None:
+        return (one,)
+    seeds = _seeds(raw.get("seeds"))
+    if one not in seeds:
+        raise ConfigError(
+            f"base.seed: got {one}, but seeds: {list(seeds)} sets every cell's seed; remove base.seed or add {one} to seeds"
+        )
+    return seeds
+
+
+def _refuse_seed_axes(axes: Sequence[tuple[str, Any]], where: str) -> None:
+    for key, _ in axes:
+        if key in SEED_KEYS:
+            raise ConfigError(f"{where}.{key}: seeds are not a grid axis; list them at the top level, e.g. seeds: [0, 1, 2]")
 
 
 def _grid(raw: Any) -> list[list[tuple[str, Any]]]:
@@ -118,15 +160,24 @@ def _variants(raw: Any) -> list[list[tuple[str, Any]]]:
 
 
 # keys tried first when two cells would share a run name; then every other varying key
-_FIRST = ("model.name", "attacks", "data.members_per_site", "data.num_sites", "data.partition")
+_FIRST = ("data.name", "model.name", "attacks", "data.members_per_site", "data.num_sites", "data.partition")
+
+
+def _suffix(chosen: Sequence[str], flat: dict[str, str]) -> str:
+    """The distinguishing part of a run name: the dataset by its name alone, then the other
+    keys as ``key=value`` (``digits · data.members_per_site=1, model.name=cnn``)."""
+    dataset = [flat.get(k, "-") for k in chosen if k == "data.name"]
+    others = ", ".join(f"{k}={flat.get(k, '-')}" for k in chosen if k != "data.name")
+    return " · ".join([*dataset, *([others] if others else [])])
 
 
 def _distinct_suffixes(configs: Sequence[ExperimentConfig]) -> list[str]:
-    """For each config, the fewest ``key=value`` pairs that keep its run name unique.
+    """For each config, the fewest parts that keep its run name unique.
 
-    Names read ``<dataset> · <defenses> · seed N``; cells that would collide on that (e.g. the
-    same defense with two models, or with two attack sets) get the params that tell them apart,
-    chosen greedily: a key is added only if it splits the colliding group further."""
+    Names read ``<defenses> · seed N``; cells that would collide on that (e.g. no defense on
+    two datasets, the same defense with two models, or with two attack sets) get the params
+    that tell them apart, the dataset first, chosen greedily: a key is added only if it splits
+    the colliding group further."""
     groups: dict[tuple[str, int], list[int]] = {}
     for i, c in enumerate(configs):
         groups.setdefault((c.setting_label(), c.seed), []).append(i)
@@ -144,7 +195,25 @@ def _distinct_suffixes(configs: Sequence[ExperimentConfig]) -> list[str]:
             if len({signature(i, chosen) for i in members}) == len(members):
                 break
         for i in members:
-            out[i] = ", ".join(f"{k}={flats[i].get(k, '-')}" for k in chosen)
+            out[i] = _suffix(chosen, flats[i])
+    return out
+
+
+def _fingerprints(cells: Sequence[ExperimentConfig]) -> list[ExperimentConfig]:
+    """Each config with its data's fingerprint (``bench.data.fingerprint``), one look per
+    distinct data config. Data that cannot be read here gets ``unavailable``: `run` and
+    `validate --data` load every cell's data before anything is logged and name the problem."""
+    from bench.data import fingerprint
+
+    seen: dict[Any, str] = {}
+    out = []
+    for cfg in cells:
+        if cfg.data not in seen:
+            try:
+                seen[cfg.data] = fingerprint(cfg.data)
+            except ConfigError:
+                seen[cfg.data] = "unavailable"
+        out.append(dataclasses.replace(cfg, data_fingerprint=seen[cfg.data]))
     return out
 
 
@@ -154,12 +223,16 @@ def build_suite(raw: Any, overrides: Sequence[str] = (), source: str = "suite") 
     base = raw.get("base") or {}
     if not isinstance(base, dict):
         raise ConfigError(f"base: got {base!r}; expected a mapping (data, model, train, defenses, attacks)")
-    sets = [parse_override(o) for o in overrides]
-    seeds = _seeds(raw.get("seeds"))
-    cells: list[Cell] = []
-    seen: dict[str, int] = {}
-    for variant in _variants(raw.get("variants")):
-        for combo in _grid(raw.get("grid")):
+    parsed = [parse_override(o) for o in overrides]
+    sets = [(k, v) for k, v in parsed if k not in SEED_KEYS]
+    seeds = _suite_seeds(raw, base, [(k, v) for k, v in parsed if k in SEED_KEYS])
+    variants, grid = _variants(raw.get("variants")), _grid(raw.get("grid"))
+    for i, variant in enumerate(variants):
+        _refuse_seed_axes(variant, f"variants[{i}]")
+    _refuse_seed_axes(grid[0], "grid")
+    configs: list[ExperimentConfig] = []
+    for variant in variants:
+        for combo in grid:
             for seed in seeds:
                 cell_raw = dict(base)
                 for key, value in [*variant, *combo, *sets, ("seed", seed)]:
@@ -172,15 +245,16 @@ def build_suite(raw: Any, overrides: Sequence[str] = (), source: str = "suite") 
                         raise ConfigError(f"{exc} (from --set {from_set[0]})") from None
                     where = ", ".join(f"{k}={v!r}" for k, v in [*variant, *combo]) or "base"
                     raise ConfigError(f"{exc} [in cell {where}]" if (variant or combo) else str(exc)) from None
-                if cfg.run_key in seen:
-                    continue  # identical cells (e.g. a grid value equal to the base) run once
-                seen[cfg.run_key] = len(cells)
-                cells.append(Cell(index=len(cells), config=cfg))
-    suffixes = _distinct_suffixes([c.config for c in cells])
-    cells = [Cell(c.index, c.config, sfx) for c, sfx in zip(cells, suffixes)]
+                configs.append(cfg)
+    unique: dict[str, ExperimentConfig] = {}
+    for cfg in _fingerprints(configs):
+        unique.setdefault(cfg.run_key, cfg)  # identical cells (e.g. a grid value equal to the base) run once
+    configs = list(unique.values())
+    suffixes = _distinct_suffixes(configs)
+    cells = [Cell(i, cfg, sfx) for i, (cfg, sfx) in enumerate(zip(configs, suffixes))]
     source_dict = dict(raw)
-    if sets:
-        source_dict["overrides"] = [f"{k}={v}" for k, v in sets]
+    if parsed:
+        source_dict["overrides"] = [f"{k}={v}" for k, v in parsed]
     return Suite(name=raw["suite"], description=str(raw.get("description", "")), cells=tuple(cells), source=source_dict)
 
 

@@ -113,8 +113,21 @@ class ClientDP(Defense):
             raise ConfigError("defenses.client_dp.clip_norm: got inf; client-level DP needs a finite clipping bound")
         if params.adaptive and params.clip_count_stddev is not None:
             update_noise_multiplier(params.noise_multiplier, params.clip_count_stddev)
-        if cfg.data.partition != "natural":  # (natural sites are counted in setup, once loaded)
-            _refuse_partial_participation(cfg.train.sites_per_round, cfg.data.num_sites)
+        if cfg.data.partition != "natural":  # (natural sites are counted once the data is loaded: check_against)
+            cls._check_roster(params, cfg.train.sites_per_round, cfg.data.num_sites)
+
+    @classmethod
+    def check_against(cls, params, cfg, fed) -> None:
+        """Once the data is loaded, before training: what :meth:`setup` would refuse for this
+        many hospitals (a natural partition's roster is known only now)."""
+        cls._check_roster(params, cfg.train.sites_per_round, len(fed.sites))
+
+    @staticmethod
+    def _check_roster(params, per_round: Optional[int], num_sites: int) -> None:
+        _refuse_partial_participation(per_round, num_sites)
+        if params.adaptive and params.clip_count_stddev is None:  # setup's default: expected clients / 20
+            m = min(per_round or num_sites, num_sites)
+            update_noise_multiplier(params.noise_multiplier, m / 20.0)
 
     @classmethod
     def label(cls, params) -> str:

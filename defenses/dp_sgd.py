@@ -126,6 +126,21 @@ def steps_per_round(n: int, batch_size: int, epochs: int) -> int:
     return epochs * ((n + batch_size - 1) // batch_size)
 
 
+def _surely_reachable(target_epsilon: float, delta: float, steps: int, accountant: str) -> bool:
+    """A cheap sufficient condition for :func:`calibrate_noise` to succeed.
+
+    Opacus's search doubles σ from 10 and gives up above 10⁶. At σ = 20480 (on its way) the
+    ε it reports is at most that of the *unsampled* Gaussian mechanism (q = 1 only adds
+    privacy loss) converted from RDP the classic way, ε ≤ min_α α·T/(2σ²) + log(1/δ)/(α−1),
+    over Opacus's own orders α (its conversion is tighter). PRV's estimate may exceed the
+    exact ε by its error bound (0.01): 0.02 of slack. False only means "search to be sure"."""
+    from opacus.accountants.rdp import RDPAccountant
+
+    sigma = 20480.0
+    bound = min(a * steps / (2 * sigma**2) + math.log(1 / delta) / (a - 1) for a in RDPAccountant.DEFAULT_ALPHAS)
+    return bound + (0.0 if accountant == "rdp" else 0.02) <= target_epsilon
+
+
 def calibrate_noise(target_epsilon: float, delta: float, q: float, steps: int, accountant: str) -> float:
     """σ that reaches ``target_epsilon`` at ``delta`` after ``steps`` Poisson-Gaussian steps (Opacus)."""
     from opacus.accountants.utils import get_noise_multiplier
@@ -377,7 +392,7 @@ class DPSGD(Defense):
     class Params:
         noise_multiplier: Optional[float] = field(default=None, metadata={"ge": 0})
         target_epsilon: Optional[float] = field(default=None, metadata={"gt": 0})
-        max_grad_norm: float = field(default=1.0, metadata={"gt": 0})
+        max_grad_norm: float = field(default=1.0, metadata={"gt": 0, "inf_ok": "no clipping, with noise_multiplier: 0"})
         sampling: Literal["poisson", "shuffle"] = "poisson"
         grad_sample_mode: Literal["ew", "hooks", "ghost"] = "ew"
         group_clip: Optional[GroupClip] = field(default=None, metadata={"omit_if_none": True})
@@ -434,6 +449,39 @@ class DPSGD(Defense):
             return
         available = {a.name: a.groups for a in fed.sensitive}
         gc.check_labels(available[cls._attribute(gc, available)])
+
+    @classmethod
+    def check_against(cls, params, cfg, fed) -> None:
+        """Once the data is loaded, before training: every hospital can reach ``target_epsilon``.
+
+        σ is calibrated per hospital exactly as in training (:meth:`noise_for`: its records,
+        steps, δ, accountant); Opacus gives up above σ = 10⁶, and a target it cannot reach
+        would otherwise fail only when training starts."""
+        if params.target_epsilon is None or params.sampling != "poisson":
+            return
+        t = cfg.train
+        facts = FederationFacts(
+            site_names=fed.site_names, site_sizes={s.name: len(s.train) for s in fed.sites},
+            sites_per_round=min(t.sites_per_round or len(fed.sites), len(fed.sites)), rounds=t.rounds, num_params=0,
+            local_epochs=t.local_epochs, batch_size=t.batch_size, accountant=cfg.privacy.accountant, delta=cfg.privacy.delta,
+        )
+        probe = cls(params)
+        probe.facts = facts
+        for name, n in facts.site_sizes.items():
+            delta = facts.delta if facts.delta is not None else default_delta(n)
+            if _surely_reachable(params.target_epsilon, delta, t.rounds * steps_per_round(n, t.batch_size, t.local_epochs), facts.accountant):
+                continue  # the common case, without the search (~0.5 s per hospital and seed)
+            try:
+                with warnings.catch_warnings():  # Opacus warns about its alpha range while it searches
+                    warnings.simplefilter("ignore")
+                    probe.noise_for(n)
+            except ValueError:
+                steps = t.rounds * steps_per_round(n, t.batch_size, t.local_epochs)
+                raise ConfigError(
+                    f"defenses.dp_sgd.target_epsilon: got {params.target_epsilon:g}; hospital {name!r} ({n} records, "
+                    f"{steps} steps) cannot reach it at any noise multiplier the accountant tries (up to 1e6); "
+                    "raise target_epsilon, or train fewer rounds"
+                ) from None
 
     @staticmethod
     def _attribute(gc: GroupClip, available) -> str:

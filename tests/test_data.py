@@ -381,3 +381,140 @@ def test_digits_are_1x8x8_images_scaled_to_unit_range():
         assert float(s.train.x.min()) >= 0.0 and float(s.train.x.max()) <= 1.0
         expected = torch.from_numpy(images[s.train.ids] / 16.0).float().unsqueeze(1)
         torch.testing.assert_close(s.train.x, expected)
+
+
+# --------------------------------------------------------------------------- the data's fingerprint
+
+
+def _csv_suite(path: str, seeds=(0,)) -> dict:
+    return {
+        "suite": "fp",
+        "base": {"data": {"name": "csv", "partition": "natural", "path": path, "site_column": "hospital", "label_column": "outcome"},
+                 "model": {"name": "logreg"}, "train": {"rounds": 1}, "attacks": [{"name": "loss_threshold"}]},
+        "seeds": list(seeds),
+    }
+
+
+def _keys(raw) -> list[tuple[str, str, str]]:
+    from bench.suite import build_suite
+
+    return [(c.run_key, c.config.setting_key, c.config.data_fingerprint) for c in build_suite(raw).cells]
+
+
+def test_changed_csv_is_a_new_cell_and_the_same_csv_the_same(tmp_path):
+    """Issue 14: run_key hashed only the config, so an edited CSV said "already finished"."""
+    import hashlib
+
+    frame = _sample_frame()
+    path = tmp_path / "patients.csv"
+    _write_csv(path, **frame)
+    before = _keys(_csv_suite(str(path), seeds=(0, 1)))
+    assert before[0][2] == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()  # what sha256sum prints
+    assert before[0][1] == before[1][1] and before[0][0] != before[1][0]  # the seeds of one setting share its key
+
+    _write_csv(path, **frame)  # rewritten, same bytes (a new mtime): same cells
+    assert _keys(_csv_suite(str(path), seeds=(0, 1))) == before
+
+    flipped = dict(frame, outcome=np.where(frame["outcome"] == "sick", "healthy", "sick"))
+    _write_csv(path, **flipped)
+    after = _keys(_csv_suite(str(path), seeds=(0, 1)))
+    assert {k for k, _, _ in after}.isdisjoint(k for k, _, _ in before)
+    assert after[0][1] != before[0][1] and after[0][2] != before[0][2]
+
+    dropped = {k: v[:-5] for k, v in frame.items()}  # five rows fewer
+    _write_csv(path, **dropped)
+    assert _keys(_csv_suite(str(path)))[0][0] not in {k for k, _, _ in before + after}
+
+
+def test_fingerprints_of_the_other_datasets_need_no_files(monkeypatch, tmp_path):
+    import sklearn
+
+    from bench.data import fingerprint
+
+    monkeypatch.setenv("PRIVBENCH_CACHE", str(tmp_path / "nothing"))
+    monkeypatch.delenv("PRIVBENCH_DATA_DIR", raising=False)
+    heart = fingerprint(DataConfig(name="heart_disease", partition="natural", download=False))
+    assert heart.startswith("sha256:") and len(heart) == len("sha256:") + 64
+    assert heart == fingerprint(DataConfig(name="heart_disease", partition="iid", data_dir="/elsewhere"))  # the data, not the config
+    assert fingerprint(DataConfig(name="breast_cancer")) == f"sklearn-{sklearn.__version__}:breast_cancer"
+    assert fingerprint(DataConfig(name="digits")) == f"sklearn-{sklearn.__version__}:digits"
+
+
+def test_data_that_cannot_be_read_still_fails_with_its_own_line(tmp_path):
+    from bench.data import check_data
+    from bench.suite import build_suite
+
+    suite = build_suite(_csv_suite(str(tmp_path / "gone.csv")))  # the suite builds (`validate` lists its cells) ...
+    assert suite.cells[0].config.data_fingerprint == "unavailable"
+    with pytest.raises(ConfigError) as exc:  # ... and `run` / `validate --data` refuse it with the loader's line
+        check_data(c.config for c in suite.cells)
+    assert "data.path" in str(exc.value) and "not a file" in str(exc.value)
+
+
+def test_configs_without_a_suite_keep_their_run_key():
+    """A config built directly (tests, run_in_memory) has no fingerprint and hashes as before."""
+    import hashlib
+    import json
+
+    cfg = parse_experiment(tiny_raw())
+    assert cfg.data_fingerprint == ""
+    expected = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert cfg.run_key == expected and "data_fingerprint" not in cfg.flat_params()
+    with pytest.raises(ConfigError, match="data_fingerprint"):  # never set from YAML
+        parse_experiment({**tiny_raw(), "data_fingerprint": "sha256:0"})
+
+
+# --------------------------------------------------------------------------- messages that name the real problem
+
+
+def test_heart_disease_names_the_missing_file(offline, heart_data_dir, tmp_path):
+    for f in FILES[:3]:
+        shutil.copyfile(Path(heart_data_dir) / f, tmp_path / f)
+    with pytest.raises(ConfigError) as exc:
+        _heart(str(tmp_path))
+    assert "processed.va.data" in str(exc.value) and "processed.cleveland.data" not in str(exc.value).split(";")[0]
+
+
+def test_an_incomplete_privbench_data_dir_is_refused_even_with_a_cache(heart_data_dir, offline, monkeypatch, tmp_path):
+    cache = tmp_path / "cache" / "uci-heart-disease"
+    cache.mkdir(parents=True)
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for f in FILES:
+        shutil.copyfile(Path(heart_data_dir) / f, cache / f)
+    shutil.copyfile(Path(heart_data_dir) / FILES[0], partial / FILES[0])
+    monkeypatch.setenv("PRIVBENCH_CACHE", str(tmp_path / "cache"))
+    assert heart_disease.locate(None, download=False) == cache  # precondition: the cache alone works
+    monkeypatch.setenv("PRIVBENCH_DATA_DIR", str(partial))
+    with pytest.raises(ConfigError) as exc:
+        heart_disease.locate(None, download=False)
+    msg = str(exc.value)
+    assert "PRIVBENCH_DATA_DIR" in msg and str(partial) in msg and "processed.va.data" in msg
+    assert FILES[0] not in msg.split(";")[0]  # the file it has is not listed as missing
+
+
+def test_csv_checks_before_pandas(tmp_path):
+    """A ragged row, a label with one value per row, an infinite value and site == label each
+    say what is wrong (they used to say "fewer than 2 classes", "a hospital has too few records",
+    nothing at all, and nothing at all)."""
+    frame = _sample_frame()
+    path = tmp_path / "p.csv"
+    _write_csv(path, **frame)
+    lines = path.read_text().splitlines()
+    lines[3] += ",extra"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match=r"ragged: line 4 has 6 fields, the header has 5"):
+        build_federation(_csv_cfg(str(path), site_column="hospital", label_column="outcome"), Seeds(0))
+
+    _write_csv(path, **dict(frame, outcome=[f"id{i}" for i in range(90)]))
+    with pytest.raises(ConfigError, match="as many distinct values as rows"):
+        build_federation(_csv_cfg(str(path), site_column="hospital", label_column="outcome"), Seeds(0))
+
+    bp = frame["bp"].copy()
+    bp[7] = np.inf
+    _write_csv(path, **dict(frame, bp=bp))
+    with pytest.raises(ConfigError, match="'bp'.*inf.*row 8"):
+        build_federation(_csv_cfg(str(path), site_column="hospital", label_column="outcome"), Seeds(0))
+
+    with pytest.raises(ConfigError, match="same column as data.site_column"):
+        _csv_cfg(str(path), site_column="hospital", label_column="hospital")

@@ -77,6 +77,24 @@ def test_another_seed_gives_other_results(three_runs):
     assert a.metrics["attack/loss_threshold/auc"] != c.metrics["attack/loss_threshold/auc"]
 
 
+# --------------------------------------------------------------------------- seeds
+
+
+def test_large_seeds_do_not_repeat_small_ones_and_small_ones_keep_their_streams():
+    """Issue 14: ``root & 0xFFFFFFFF`` made seed 2**32 + 5 the same experiment as seed 5."""
+    from bench.seeding import _words
+
+    for root in (0, 5, 2**32 - 1):  # below 2**32: the same streams as before the fix
+        legacy = np.random.default_rng(np.random.SeedSequence([root & 0xFFFFFFFF, *_words(("data",))]))
+        assert np.array_equal(Seeds(root).rng("data").integers(0, 2**62, 8), legacy.integers(0, 2**62, 8))
+    draws = {root: tuple(Seeds(root).rng("data").integers(0, 2**62, 4)) for root in (5, 2**32 + 5, 2**64 + 5, 2**200 + 5)}
+    assert len(set(draws.values())) == len(draws)
+    assert Seeds(2**40).int_seed("x") == Seeds(2**40).int_seed("x")  # still deterministic
+    for bad in (-1, 1.5, True, "3"):
+        with pytest.raises(ValueError, match="non-negative integer"):
+            Seeds(bad)
+
+
 # --------------------------------------------------------------------------- the split
 
 

@@ -262,3 +262,54 @@ def test_the_valid_suite_is_valid():
     for c in CASES:
         if c.text is GOOD_TEXT:
             assert len(build_suite(yaml.safe_load(c.text)).cells) == 1
+
+
+# --------------------------------------------------------------------------- seeds from the command line
+
+
+def _cells(raw: dict, *overrides: str):
+    from bench.suite import build_suite
+
+    return build_suite(copy.deepcopy(raw), list(overrides)).cells
+
+
+def test_set_seed_and_seeds_replace_the_suites_seeds():
+    """Issue 14: `--set seed=5` was silently ignored (seed 0 ran, exit 0)."""
+    assert [c.config.seed for c in _cells(GOOD, "seed=5")] == [5]
+    assert [c.config.seed for c in _cells(GOOD, "seeds=[1, 2]")] == [1, 2]
+    assert [c.config.seed for c in _cells(GOOD, "seed=[3, 4]", "seeds=7")] == [7]  # the last one wins
+    assert [c.config.seed for c in _cells({**GOOD, "seeds": None, "base": {**GOOD["base"], "seed": 9}})] == [9]
+    big = _cells(GOOD, f"seed={2**32 + 5}")[0]
+    assert big.config.seed == 2**32 + 5 and big.run_key != _cells(GOOD, "seed=5")[0].run_key
+
+
+# --------------------------------------------------------------------------- run names
+
+
+def test_run_names_lead_with_the_defense_and_name_the_dataset_only_where_it_tells_cells_apart():
+    """Issue 13: the MLflow runs table shows ~15 characters, and every name began "breast_cancer…"."""
+    one_dataset = {**GOOD, "grid": {"defenses": [[], [{"name": "dp_sgd", "noise_multiplier": 1.0}]]}, "seeds": [0, 1]}
+    names = [c.name for c in _cells(one_dataset)]
+    assert names == ["no defense · seed 0", "no defense · seed 1", "dp_sgd(z=1,C=1) · seed 0", "dp_sgd(z=1,C=1) · seed 1"]
+
+    two = {**one_dataset, "variants": [{"data.name": "breast_cancer"}, {"data.name": "digits"}]}
+    cells = _cells(two)
+    assert [c.name for c in cells][:2] == ["no defense · breast_cancer · seed 0", "no defense · breast_cancer · seed 1"]
+    assert cells[-1].name == "dp_sgd(z=1,C=1) · digits · seed 1"
+    for c in cells:  # the setting is the name without the seed, the same for every seed
+        assert c.name == f"{c.setting} · seed {c.config.seed}"
+    settings = {}
+    for c in cells:
+        settings.setdefault(c.setting, set()).add(c.config.setting_key)
+    assert all(len(keys) == 1 for keys in settings.values()) and len(settings) == 4
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in (REPO / "experiments").glob("*.yaml")))
+def test_every_shipped_suite_has_unique_names_that_start_with_the_defense(path):
+    from bench.config import load_yaml
+
+    cells = _cells(load_yaml(path))
+    names = [c.name for c in cells]
+    assert len(set(names)) == len(names), [n for n in names if names.count(n) > 1]
+    for c in cells:
+        assert c.name.startswith(c.config.setting_label()), c.name

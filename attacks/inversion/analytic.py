@@ -8,7 +8,9 @@ import numpy as np
 import torch
 
 from attacks.base import ATTACKS, Attack
-from attacks.inversion.common import FlatModel, InversionParams, Problem, Solved, check_replayable, run_inversion
+from attacks.inversion.common import (
+    FlatModel, InversionParams, Problem, Solved, check_replayable, check_sites, run_inversion,
+)
 from bench.types import ConfigError, DatasetInfo, Reconstructions, ServerView
 
 
@@ -73,6 +75,16 @@ class Analytic(Attack):
     @classmethod
     def check(cls, params, cfg) -> None:
         check_replayable(params, cfg)
+
+    @classmethod
+    def check_sites(cls, params, names) -> None:
+        check_sites(params, names, cls.name)
+
+    @classmethod
+    def check_model(cls, params, model: torch.nn.Module, info: DatasetInfo) -> None:
+        """Before training: the model's first layer must be fully connected with bias (the
+        same test the attack makes on the server's model), e.g. not a CNN."""
+        input_layer(FlatModel.of(lambda: model), info)
 
     def solve(self, fm: FlatModel, info: DatasetInfo, prob: Problem, gen: torch.Generator) -> Solved:
         (ws, we), (bs, be), units = input_layer(fm, info)

@@ -68,6 +68,17 @@ def check_replayable(params: InversionParams, cfg) -> None:
         raise ConfigError(f"attacks.rounds: got {list(params.rounds)}; expected rounds between 1 and train.rounds ({cfg.train.rounds})")
 
 
+def check_sites(params: InversionParams, names: Sequence[str], attack: str) -> None:
+    """Refuse hospitals in ``params.sites`` that the federation does not have (checked before
+    training: at load time when the names are known from the config, else once the data is)."""
+    unknown = [s for s in params.sites if s not in names]
+    if unknown:
+        raise ConfigError(
+            f"attacks.{attack}.sites: {unknown[0]!r} is not a hospital of this federation; choose from "
+            f"{', '.join(names)} (or leave sites empty to attack every participant)"
+        )
+
+
 # --------------------------------------------------------------------------- targets
 
 
@@ -486,6 +497,11 @@ class OptimisationAttack:
     @classmethod
     def check(cls, params, cfg) -> None:
         check_replayable(params, cfg)
+
+    @classmethod
+    def check_sites(cls, params, names: Sequence[str]) -> None:
+        """Before training (bench.components / bench.data.check_data): ``sites`` must exist."""
+        check_sites(params, names, cls.name)
 
     def run(self, view: ServerView, rng: np.random.Generator) -> Reconstructions:
         return run_inversion(view, rng, self.params, self.solve, combine=type(self).combine)

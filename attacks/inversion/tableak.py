@@ -72,6 +72,7 @@ class TabLeak(OptimisationAttack, Attack):
     """
 
     name = "tableak"
+    modalities = ("tabular",)  # refused before training on image data (bench.components)
 
     @dataclass(frozen=True)
     class Params(InversionParams):

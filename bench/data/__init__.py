@@ -17,6 +17,35 @@ DATASETS: Registry = Registry("dataset")
 from bench.data import csv_data, heart_disease, sklearn_sets  # noqa: E402,F401  (registration)
 
 
+def fingerprint(cfg) -> str:
+    """What the data of ``cfg`` (a :class:`bench.config.DataConfig`) *is*, cheaply: part of
+    each cell's ``run_key`` (so an edited CSV runs again) and worth logging as the tag
+    ``data_fingerprint``.
+
+    * ``csv``: ``sha256:<hex>`` of the file (as ``sha256sum`` prints it), cached per file
+      version (path, size, mtime, ctime, inode; a file changed in the last 2 s is read again):
+      one read per file, not per cell;
+    * ``heart_disease``: ``sha256:<hex>`` over the four files' published SHA-256 digests, which
+      every loaded file is verified against (no file is read);
+    * ``breast_cancer``, ``digits``: ``sklearn-<version>:<name>`` (bundled with scikit-learn).
+
+    Raises:
+        ConfigError: the data cannot be read (a csv path that is not a readable file), with
+            the same line loading it would give.
+    """
+    return DATASETS.get(cfg.name).fingerprint(cfg)
+
+
+def site_names(cfg) -> tuple[str, ...] | None:
+    """The hospitals' names a federation of ``cfg`` (a ``DataConfig``) will have, when known
+    without loading the data: ``site0..`` for iid/dirichlet, the real hospitals for natural
+    partitions of data with a fixed roster (heart disease); ``None`` for a csv's site column."""
+    if cfg.partition != "natural":
+        return tuple(f"site{i}" for i in range(cfg.num_sites))
+    names = getattr(DATASETS.get(cfg.name), "site_names", None)
+    return None if names is None else names(cfg)
+
+
 def _site_indices(raw: RawData, cfg, rng: np.random.Generator) -> tuple[list[np.ndarray], tuple[str, ...]]:
     if cfg.partition == "natural":
         if raw.site is None:
@@ -28,7 +57,7 @@ def _site_indices(raw: RawData, cfg, rng: np.random.Generator) -> tuple[list[np.
         parts = iid_partition(n, cfg.num_sites, rng)
     else:
         parts = dirichlet_partition(raw.y, cfg.num_sites, cfg.alpha, rng)
-    return parts, tuple(f"site{i}" for i in range(cfg.num_sites))
+    return parts, site_names(cfg)
 
 
 def encode(raw: RawData, member_index: np.ndarray):
@@ -116,9 +145,13 @@ def check_data(configs) -> None:
 
     The CLI calls this before it logs anything, so missing files, a bad checksum, a broken
     CSV or hospitals too small to split fail as one error up front instead of as one FAILED
-    run per cell. Raises :class:`ConfigError` naming the first failing setting.
+    run per cell. Then every defense's and attack's ``check_against(params, cfg, fed)`` (and
+    the older ``check_federation``) sees the loaded federation: what only the data can tell
+    (hospital names and sizes, e.g. a ``target_epsilon`` no noise can reach) is refused here,
+    before training, not as a FAILED cell. Raises :class:`ConfigError` naming the first
+    failing setting.
     """
-    from bench.components import component_class
+    from bench.components import check_model_and_sites, component_class
     from bench.models import MODELS, num_params
 
     seen, checked = {}, set()
@@ -127,6 +160,9 @@ def check_data(configs) -> None:
         if key not in seen:
             seen[key] = build_federation(cfg.data, Seeds(cfg.seed), getattr(cfg, "fairness", None))[0]
         fed = seen[key]
+        if (cfg.data, cfg.model, cfg.attacks, cfg.seed) not in checked:  # now with the real input shape and hospitals
+            checked.add((cfg.data, cfg.model, cfg.attacks, cfg.seed))
+            check_model_and_sites(cfg, fed.info, fed.site_names)
         for spec in cfg.attacks:  # e.g. a white-box audit needs a model with as many parameters as canaries
             hook = getattr(component_class("attack", spec.name), "check_federation", None)
             if hook is not None and (cfg.data, cfg.model, spec) not in checked:
@@ -136,3 +172,9 @@ def check_data(configs) -> None:
             hook = getattr(component_class("defense", spec.name), "check_federation", None)
             if hook is not None:
                 hook(spec.params, fed)
+        for kind, specs in (("defense", cfg.defenses), ("attack", cfg.attacks)):
+            for spec in specs:
+                hook = getattr(component_class(kind, spec.name), "check_against", None)
+                if hook is not None and (kind, spec, cfg.data, cfg.train, cfg.privacy, cfg.seed) not in checked:
+                    checked.add((kind, spec, cfg.data, cfg.train, cfg.privacy, cfg.seed))
+                    hook(spec.params, cfg, fed)

@@ -8,11 +8,13 @@ Where the files come from, in order:
 
 1. ``data.data_dir`` in the config;
 2. the ``PRIVBENCH_DATA_DIR`` environment variable (the files directly in it, or in
-   ``uci-heart-disease/`` below it);
+   ``uci-heart-disease/`` below it); once set, it must hold all four files (a folder with
+   some of them is refused, naming the missing ones, rather than passed over for the cache);
 3. the cache ``$PRIVBENCH_CACHE`` (default ``~/.cache/privbench/uci-heart-disease``);
 4. a one-time download from the UCI archive into that cache (``data.download: true``).
 
-Every file is checked against its published SHA-256 before use.
+Every file is checked against its published SHA-256 before use; so the data's fingerprint
+(:func:`fingerprint`, part of each cell's ``run_key``) follows from those digests alone.
 
 Missing values, as a clinician would read them:
 
@@ -66,12 +68,24 @@ COLUMNS = (
 ZERO_MEANS_MISSING = ("trestbps", "chol")
 
 
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc}); check the file's permissions") from None
+
+
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashlib.sha256(_read(path)).hexdigest()
+
+
+def _missing(folder: Path) -> list[str]:
+    """The four files' names that ``folder`` does not hold."""
+    return [f for _, f in HOSPITALS if not (folder / f).is_file()]
 
 
 def _complete(folder: Path) -> bool:
-    return all((folder / f).is_file() for _, f in HOSPITALS)
+    return not _missing(folder)
 
 
 def _verify(folder: Path) -> Path:
@@ -81,6 +95,14 @@ def _verify(folder: Path) -> Path:
                 f"{folder / fname}: checksum differs from UCI's published file; replace it with the original from {UCI_URL}"
             )
     return folder
+
+
+def fingerprint() -> str:
+    """The data's identity: SHA-256 over the four files' SHA-256 digests (``name=digest``
+    lines). Every file is verified against exactly these digests before use, so this is the
+    digest of whatever data a cell can load, known without reading the files."""
+    lines = "".join(f"{fname}={SHA256[fname]}\n" for _, fname in HOSPITALS)
+    return "sha256:" + hashlib.sha256(lines.encode()).hexdigest()
 
 
 def cache_dir() -> Path:
@@ -112,8 +134,20 @@ def locate(data_dir: str | None, download: bool) -> Path:
         if _complete(folder):
             return _verify(folder)
     if data_dir:
+        missing = _missing(candidates[0])
+        what = "holds none of" if len(missing) == len(HOSPITALS) else "lacks"
         raise ConfigError(
-            f"data.data_dir: {data_dir!r} does not hold processed.cleveland/hungarian/switzerland/va.data; point it at the UCI files"
+            f"data.data_dir: {data_dir!r} {what} {', '.join(missing)}; point it at a folder with UCI's four "
+            "processed.cleveland/hungarian/switzerland/va.data files"
+        )
+    if env:
+        # set on purpose: an incomplete folder is an error, not a reason to use another copy
+        folder = min(candidates, key=lambda c: len(_missing(c)))
+        missing = _missing(folder)
+        where = f"{str(folder)!r}" + ("" if folder == candidates[0] else f" (nor {env!r})")
+        raise ConfigError(
+            f"PRIVBENCH_DATA_DIR: {where} lacks {', '.join(missing)}; put UCI's four processed.*.data files there, "
+            "or unset PRIVBENCH_DATA_DIR to use the cache"
         )
     cache = cache_dir()
     if _complete(cache):
@@ -136,7 +170,11 @@ def locate(data_dir: str | None, download: bool) -> Path:
 def parse(path: Path) -> np.ndarray:
     """Read one processed file into a float array (NaN = missing)."""
     rows = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        text = _read(path).decode("ascii")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file; replace it with the original from {UCI_URL}") from None
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         fields = line.strip().split(",")
@@ -189,6 +227,14 @@ def _register():
         @staticmethod
         def load(cfg) -> RawData:
             return load_table(locate(cfg.data_dir, cfg.download))
+
+        @staticmethod
+        def fingerprint(cfg) -> str:
+            return fingerprint()
+
+        @staticmethod
+        def site_names(cfg) -> tuple[str, ...]:
+            return tuple(h for h, _ in HOSPITALS)
 
 
 _register()

@@ -8,6 +8,20 @@ from bench.data.table import Column, RawData
 from bench.types import ConfigError
 
 
+def fingerprint(name: str) -> str:
+    """The data's identity: scikit-learn ships it, so the package version names it
+    (``sklearn-1.5.2:breast_cancer``); an upgrade that changed the files is a new cell."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        v = version("scikit-learn")
+    except PackageNotFoundError:  # e.g. a source checkout without metadata
+        import sklearn
+
+        v = sklearn.__version__
+    return f"sklearn-{v}:{name}"
+
+
 def _no_natural_sites(name: str, cfg) -> None:
     from bench.data.sensitive import check_attributes
 
@@ -30,6 +44,10 @@ def _register():
             _no_natural_sites("breast_cancer", cfg)
 
         @staticmethod
+        def fingerprint(cfg) -> str:
+            return fingerprint("breast_cancer")
+
+        @staticmethod
         def load(cfg) -> RawData:
             from sklearn.datasets import load_breast_cancer
 
@@ -49,10 +67,15 @@ def _register():
         """UCI optical digits (1,797 greyscale 1x8x8 images, 10 classes), scaled to [0, 1]."""
 
         modality = "image"
+        image_shape = (1, 8, 8)
 
         @staticmethod
         def check(cfg) -> None:
             _no_natural_sites("digits", cfg)
+
+        @staticmethod
+        def fingerprint(cfg) -> str:
+            return fingerprint("digits")
 
         @staticmethod
         def load(cfg) -> RawData:
