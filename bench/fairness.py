@@ -31,7 +31,26 @@ a ``fairness/...`` metric (MLflow-safe names, ``=`` written as ``/``):
   ``fairness/exposed/<attack>/<attribute>/<group>/share`` against ``.../member_share`` (their
   share among all members), the same per hospital, ``outlier_share`` (fraction whose distance to
   the population is above the 90th percentile of all candidates') and
-  ``score_distance_spearman`` among members. Only aggregates: no record, id or feature is logged.
+  ``score_distance_spearman`` among members. Only aggregates: no record, id or feature is logged;
+* reconstruction exposure per subgroup and hospital for every tabular inversion attack (TabLeak
+  and the others that return :class:`~bench.types.Reconstructions` of table rows),
+  ``fairness/exposure/<attack>/<attribute>/<group>/<key>`` and ``fairness/exposure/<attack>/site/<hospital>/<key>``
+  (:func:`reconstruction_exposure`). Each reconstruction is matched to the records its target
+  really held exactly as the headline score does (:func:`bench.metrics.reconstruction.matched_table_hits`:
+  Hungarian, fewest wrong features) — scoring, not a choice of reconstruction — and each matched
+  *true* record is grouped by its own ground-truth subgroup and hospital (never by the
+  reconstruction's values). Keys: ``records`` (matched true records in the group; always),
+  ``feature_accuracy`` (mean fraction of a record's features recovered, TabLeak's rule),
+  ``record_exact_match``, ``baseline_feature_accuracy`` (the prior baseline's per-record accuracy,
+  the headline's draws), ``feature_accuracy_gain`` (accuracy − baseline, per record) and
+  ``feature_accuracy_vs_rest`` (the group's accuracy − that of the other groups' records in the
+  same cell: is this group more exposed than the others?) and ``feature_accuracy_gain_vs_rest``
+  (the same for the gain: more exposed beyond what its records' typicality explains; a group of
+  near-constant records is easy to "reconstruct" from the prior alone). All but the baseline carry 95 %
+  bootstrap intervals over records (``fairness.bootstrap`` resamples, fixed seed; the two sides
+  of ``vs_rest`` resampled independently). A group with fewer than ``min_count`` matched
+  records logs only ``records`` and ``too_few`` (``vs_rest`` needs ``min_count`` on both
+  sides). A record attacked in several rounds counts once per round.
 """
 
 from __future__ import annotations
@@ -44,6 +63,8 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import torch
 
+RECONSTRUCTION_KEYS = ("records", "too_few", "feature_accuracy", "record_exact_match", "baseline_feature_accuracy",
+                       "feature_accuracy_gain", "feature_accuracy_vs_rest", "feature_accuracy_gain_vs_rest")  # per group, with _ci_low/_ci_high where intervals apply
 UTILITY_METRICS = ("accuracy", "balanced_accuracy", "tpr", "fpr", "auroc", "ece")
 GAPS = ("accuracy_gap", "worst_group_accuracy", "equalized_odds_difference", "demographic_parity_difference")
 EXPOSURE_KEYS = ("auc", "auc_ci_low", "auc_ci_high", "tpr_at_fpr_0.01", "tpr_at_fpr_0.01_ci_low", "tpr_at_fpr_0.01_ci_high",
@@ -335,6 +356,149 @@ def most_exposed(scores: np.ndarray, is_member: np.ndarray, site: np.ndarray, gr
     return out
 
 
+# --------------------------------------------------------------------------- reconstruction exposure
+
+
+@dataclass(frozen=True)
+class RecordReconstruction:
+    """How well each *true* record was reconstructed (scoring only; never logged as such).
+
+    One entry per (target, true record matched to a reconstruction).
+
+    Attributes:
+        ids: the true record's id (to look up its ground-truth subgroup).
+        site: the hospital that held it.
+        accuracy: fraction of its features the matched reconstruction got right (TabLeak's rule).
+        exact: whether every feature was right.
+        baseline: the prior baseline's accuracy on this record (mean over the draws in which a
+            prior record was matched to it; NaN if never).
+    """
+
+    ids: np.ndarray
+    site: np.ndarray
+    accuracy: np.ndarray
+    exact: np.ndarray
+    baseline: np.ndarray
+
+
+def reconstruction_per_record(output, truth) -> Optional[RecordReconstruction]:
+    """Per-true-record scores of a tabular :class:`~bench.types.Reconstructions` (None for images).
+
+    The matching is the headline score's (:func:`bench.metrics.reconstruction.matched_table_hits`), so
+    the mean of ``accuracy`` over one target's records is that target's ``feature_accuracy``; the
+    prior baseline replays the headline's draws (same seed, same order), so with as many
+    reconstructions as true records the mean of ``baseline`` is the headline baseline.
+    """
+    from bench.metrics.reconstruction import (
+        BASELINE_DRAWS, BASELINE_SEED as PRIOR_SEED, decode_table, matched_table_hits, prior_sample, true_records,
+    )
+    from bench.types import Records
+
+    info = truth.info
+    if info is None or info.modality != "tabular" or not info.features or not output.items:
+        return None
+    population = truth.population if truth.population is not None else Records.concat(list(truth.site_train.values()))
+    pop = decode_table(population.x.numpy(), info)
+    parts = []
+    for item in output.items:
+        true = true_records(item, truth)
+        sites = item.sites or (item.target,)
+        site = np.concatenate([np.full(len(truth.site_train[s]), s, dtype=object) for s in sites])
+        t = decode_table(true.x.numpy(), info)
+        r = decode_table(item.x.detach().numpy(), info)
+        hits, _, cols = matched_table_hits(r, t, info)
+        rng = np.random.default_rng(PRIOR_SEED)  # the headline's stream (tabular_metrics): the same prior records
+        b_sum, b_n = np.zeros(len(t)), np.zeros(len(t))
+        for _ in range(BASELINE_DRAWS):
+            bh, _, bc = matched_table_hits(prior_sample(pop, len(r), rng), t, info)
+            b_sum[bc] += bh.mean(axis=1)
+            b_n[bc] += 1
+        with np.errstate(invalid="ignore", divide="ignore"):
+            base = np.where(b_n > 0, b_sum / np.maximum(b_n, 1), np.nan)
+        parts.append((true.ids[cols], site[cols], hits.mean(axis=1), hits.all(axis=1), base[cols]))
+    return RecordReconstruction(*(np.concatenate([p[k] for p in parts]) for k in range(5)))
+
+
+def _mean_ci(v: np.ndarray, resamples: int, seed: int = BOOTSTRAP_SEED) -> Optional[tuple[float, float]]:
+    from bench.metrics.membership import bootstrap_counts, percentile_interval
+
+    if resamples <= 0 or v.size == 0:
+        return None
+    c = bootstrap_counts(v.size, resamples, seed)
+    return percentile_interval(c @ v / v.size)
+
+
+def reconstruction_exposure(rec: RecordReconstruction, groups: np.ndarray, prefix: str, min_count: int,
+                            resamples: int) -> dict[str, float]:
+    """``<prefix>/<group>/<key>`` for the :data:`RECONSTRUCTION_KEYS` (module docstring) of every group.
+
+    Args:
+        rec: per-true-record reconstruction scores.
+        groups: the ground-truth group label of each entry of ``rec`` (``""``: missing, left out).
+        prefix: e.g. ``fairness/exposure/tableak/sex``.
+        min_count: fewer matched records than this: ``records`` and ``too_few`` only.
+        resamples: bootstrap resamples of the intervals (0: none).
+    """
+    groups = np.asarray(groups, dtype=object)
+    acc, exact = np.asarray(rec.accuracy, np.float64), np.asarray(rec.exact, np.float64)
+    base = np.asarray(rec.baseline, np.float64)
+    known = groups != ""
+    out: dict[str, float] = {}
+
+    def put(name: str, v: np.ndarray) -> None:  # a mean over records, with its bootstrap interval
+        out[name] = float(v.mean())
+        got = _mean_ci(v, resamples)
+        if got is not None:
+            out[f"{name}_ci_low"], out[f"{name}_ci_high"] = got
+
+    for g in sorted(set(groups[known].tolist())):
+        at = groups == g
+        n = int(at.sum())
+        out[f"{prefix}/{g}/records"] = float(n)
+        if n < min_count:
+            out[f"{prefix}/{g}/too_few"] = 1.0
+            continue
+        put(f"{prefix}/{g}/feature_accuracy", acc[at])
+        put(f"{prefix}/{g}/record_exact_match", exact[at])
+        b = base[at]
+        if np.isfinite(b).all():
+            out[f"{prefix}/{g}/baseline_feature_accuracy"] = float(b.mean())
+            put(f"{prefix}/{g}/feature_accuracy_gain", acc[at] - b)
+        rest = known & ~at
+        if rest.sum() >= min_count:
+            out.update(_vs_rest(f"{prefix}/{g}/feature_accuracy_vs_rest", acc[at], acc[rest], resamples))
+            gain = acc - base
+            if np.isfinite(gain[at | rest]).all():
+                out.update(_vs_rest(f"{prefix}/{g}/feature_accuracy_gain_vs_rest", gain[at], gain[rest], resamples))
+    return out
+
+
+def _vs_rest(key: str, a: np.ndarray, r: np.ndarray, resamples: int) -> dict[str, float]:
+    """``mean(a) − mean(r)`` with a bootstrap interval; the two sides are independent samples of
+    records, so each is resampled on its own (different streams)."""
+    from bench.metrics.membership import bootstrap_counts, percentile_interval
+
+    out = {key: float(a.mean() - r.mean())}
+    if resamples > 0:
+        ba = bootstrap_counts(a.size, resamples, BOOTSTRAP_SEED) @ a / a.size
+        br = bootstrap_counts(r.size, resamples, BOOTSTRAP_SEED + 1) @ r / r.size
+        out[f"{key}_ci_low"], out[f"{key}_ci_high"] = percentile_interval(ba - br)
+    return out
+
+
+def reconstruction_fairness(name: str, output, truth, min_count: int, resamples: int) -> dict[str, float]:
+    """Reconstruction exposure of one attack's output per subgroup and per hospital (empty for images)."""
+    rec = reconstruction_per_record(output, truth)
+    if rec is None or rec.ids.size == 0:
+        return {}
+    base = f"fairness/exposure/{name}"
+    out: dict[str, float] = {}
+    for a in truth.sensitive:  # the true record's subgroup, from the ground truth
+        out.update(reconstruction_exposure(rec, group_labels(a.of_any(rec.ids), a.groups), f"{base}/{a.name}", min_count, resamples))
+    out.update(reconstruction_exposure(rec, rec.site, f"{base}/site", min_count, resamples))
+    return out
+
+
 # --------------------------------------------------------------------------- the runner's one call
 
 
@@ -360,14 +524,18 @@ def fairness_metrics(cfg, fed, truth, model: torch.nn.Module, params: torch.Tens
         truth: the ground truth: membership, hospitals and the sensitive attributes' subgroups.
         model: a fresh model of the cell's architecture (its weights are overwritten).
         params: the released model's flat parameters.
-        outputs: attack name -> output; membership scores are profiled, others ignored.
+        outputs: attack name -> output; membership scores and tabular reconstructions are
+            profiled, others ignored.
     """
     from bench.metrics import align
-    from bench.types import MembershipScores
+    from bench.types import MembershipScores, Reconstructions
 
     if cfg is None:
         return {}
     out = utility_fairness(evaluated_test_set(fed, truth, params, model), cfg.min_count, cfg.bootstrap)
+    for name, o in outputs.items():
+        if isinstance(o, Reconstructions):
+            out.update(reconstruction_fairness(name, o, truth, cfg.min_count, cfg.bootstrap))
     scored = {n: o for n, o in outputs.items() if isinstance(o, MembershipScores)}
     if not scored:
         return out
@@ -401,7 +569,7 @@ def unsafe_metric_names(names: Sequence[str]) -> list[str]:
 
 
 __all__ = [
-    "Evaluated", "GAPS", "UTILITY_METRICS", "bootstrap_intervals", "evaluated_test_set", "expected_calibration_error",
+    "Evaluated", "GAPS", "RECONSTRUCTION_KEYS", "RecordReconstruction", "UTILITY_METRICS", "bootstrap_intervals", "evaluated_test_set", "expected_calibration_error",
     "exposure_metrics", "fairness_metrics", "gap_metrics", "group_labels", "knn_distance", "metric_frame", "most_exposed",
-    "subgroup_utility", "unsafe_metric_names", "utility_fairness",
+    "reconstruction_exposure", "reconstruction_fairness", "reconstruction_per_record", "subgroup_utility", "unsafe_metric_names", "utility_fairness",
 ]

@@ -6,6 +6,8 @@ Usage (the table in docs/bench-fairness.md, "Mitigation")::
     python benchmarks/fairness_mitigation.py --tracking-uri sqlite:////tmp/fair10/mlflow.db \\
         --setting "dp_sgd(eps=1,C=1,group_clip[sex:female=2])" --against "dp_sgd(eps=1,C=1)" "no defense"
 
+``--metrics`` compares other logged metrics instead (e.g. ``fairness/sex/female/fpr``).
+
 Each row is the mean difference (setting − against) over the seeds both ran, with a 95 % paired-t
 interval and a verdict (``bench.report.stats.paired_difference``, the report's own statistics).
 """
@@ -49,6 +51,7 @@ def main() -> None:
     ap.add_argument("--suite", default="fairness")
     ap.add_argument("--setting", required=True, help="the mitigation's defense label as in the run names")
     ap.add_argument("--against", nargs="+", required=True, help="defense labels to compare with")
+    ap.add_argument("--metrics", nargs="+", default=list(METRICS), help=f"metrics to compare (default: {' '.join(METRICS)})")
     args = ap.parse_args()
     runs = load(args.tracking_uri, args.suite)
     for other in args.against:
@@ -57,7 +60,7 @@ def main() -> None:
         seeds = sorted(set(runs[args.setting]) & set(runs[other]))
         print(f"\n{args.setting} − {other} (paired over {len(seeds)} seeds)\n")
         print("| metric | difference [95 % CI] | verdict |\n|---|---|---|")
-        rows = list(METRICS) + ["women − men accuracy"]
+        rows = list(args.metrics) + ["women − men accuracy"]
         for k in rows:
             def v(s, seed):
                 m = runs[s][seed]

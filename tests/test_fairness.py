@@ -10,6 +10,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from bench.config import parse_experiment
 from bench.data import build_federation
@@ -276,3 +277,116 @@ def test_smaller_group_difference_in_differences():
     ((setting, attr, small, large, d),) = smaller_group_differences(group_settings(base + dp))
     assert (attr, small, large) == ("sex", "female", "male")
     assert d.mean == pytest.approx(-0.08) and d.verdict == "lower"
+
+
+# --------------------------------------------------------------------------- reconstruction exposure
+
+
+def _heart_truth(heart_data_dir, per_site=24):
+    cfg = parse_experiment(_heart(heart_data_dir, {"attributes": ["sex", {"age": {"bands": [55]}}]}, members_per_site=per_site))
+    return build_federation(cfg.data, Seeds(0), cfg.fairness)[1]
+
+
+def _women_exact_men_continuous_wrong(truth):
+    """Per hospital, a reconstruction equal to every woman's record and, for men, right on every
+    categorical feature but off by 10 std on every continuous one (so a man's accuracy is exactly
+    n_categorical / n_features, whichever man his row is matched to)."""
+    from bench.types import Reconstruction, Reconstructions
+
+    sex = next(a for a in truth.sensitive if a.name == "sex")
+    items = []
+    for s, rec in truth.site_train.items():
+        x = rec.x.clone()
+        male = torch.as_tensor(sex.of(rec.ids) == sex.groups.index("male"))
+        for f in truth.info.features:
+            if f.kind != "categorical":
+                x[male, f.columns[0]] += 10.0
+        items.append(Reconstruction(round=1, target=s, x=x, labels=None, objective=0.0, sites=(s,)))
+    return Reconstructions(items=tuple(items))
+
+
+def test_reconstruction_accuracy_per_subgroup_known_answer(heart_data_dir):
+    from bench.fairness import reconstruction_fairness
+    from bench.metrics.reconstruction import reconstruction_metrics
+
+    truth = _heart_truth(heart_data_dir)
+    out = _women_exact_men_continuous_wrong(truth)
+    feats = truth.info.features
+    cat = sum(f.kind == "categorical" for f in feats) / len(feats)
+    m = reconstruction_fairness("tableak", out, truth, min_count=10, resamples=100)
+    p = "fairness/exposure/tableak"
+    assert m[f"{p}/sex/female/feature_accuracy"] == 1.0 and m[f"{p}/sex/female/record_exact_match"] == 1.0
+    assert m[f"{p}/sex/male/feature_accuracy"] == pytest.approx(cat) and m[f"{p}/sex/male/record_exact_match"] == 0.0
+    assert m[f"{p}/sex/female/feature_accuracy_vs_rest"] == pytest.approx(1.0 - cat)
+    assert m[f"{p}/sex/female/feature_accuracy_ci_low"] == m[f"{p}/sex/female/feature_accuracy_ci_high"] == 1.0  # no spread
+    assert m[f"{p}/sex/female/feature_accuracy_vs_rest_ci_low"] == pytest.approx(1.0 - cat)
+    gain_f = m[f"{p}/sex/female/feature_accuracy_gain"]
+    assert gain_f == pytest.approx(1.0 - m[f"{p}/sex/female/baseline_feature_accuracy"])
+    assert m[f"{p}/sex/female/feature_accuracy_gain_vs_rest"] == pytest.approx(gain_f - m[f"{p}/sex/male/feature_accuracy_gain"])
+    # groups come from the ground truth: counts add up to the attacked records, per sex and per hospital
+    nf, nm = m[f"{p}/sex/female/records"], m[f"{p}/sex/male/records"]
+    assert nf + nm == 4 * 24 == sum(m[f"{p}/site/{s}/records"] for s in truth.site_names)
+    # a hospital's accuracy is its share of women at 1 and of men at `cat`; the record-weighted mean is the headline
+    sex = truth.sensitive[[a.name for a in truth.sensitive].index("sex")]
+    for s, rec in truth.site_train.items():
+        w = float((sex.of(rec.ids) == 0).mean())
+        assert m[f"{p}/site/{s}/feature_accuracy"] == pytest.approx(w + (1 - w) * cat)
+    head = reconstruction_metrics(out, truth)
+    assert (nf * 1.0 + nm * cat) / (nf + nm) == pytest.approx(head["feature_accuracy"])
+    # the per-record prior baseline replays the headline's draws: its mean is the headline baseline
+    base = (nf * m[f"{p}/sex/female/baseline_feature_accuracy"] + nm * m[f"{p}/sex/male/baseline_feature_accuracy"]) / (nf + nm)
+    assert base == pytest.approx(head["baseline_feature_accuracy"])
+
+
+def test_reconstruction_exposure_refuses_small_groups():
+    from bench.fairness import RecordReconstruction, reconstruction_exposure
+
+    n = 25
+    rec = RecordReconstruction(ids=np.arange(n), site=np.full(n, "h", dtype=object), accuracy=np.linspace(0, 1, n),
+                               exact=np.zeros(n, bool), baseline=np.full(n, 0.5))
+    groups = np.array(["a"] * 5 + ["b"] * 18 + [""] * 2, dtype=object)  # two records without a known group
+    out = reconstruction_exposure(rec, groups, "p", min_count=10, resamples=50)
+    assert out == {**{k: v for k, v in out.items() if k.startswith("p/b/")}, "p/a/records": 5.0, "p/a/too_few": 1.0}
+    assert out["p/b/records"] == 18.0 and out["p/b/feature_accuracy"] == pytest.approx(rec.accuracy[5:23].mean())
+    assert out["p/b/feature_accuracy_ci_low"] <= out["p/b/feature_accuracy"] <= out["p/b/feature_accuracy_ci_high"]
+    assert out["p/b/feature_accuracy_gain"] == pytest.approx(rec.accuracy[5:23].mean() - 0.5)
+    assert "p/b/feature_accuracy_vs_rest" not in out and "p/b/feature_accuracy_gain_vs_rest" not in out  # the rest (a: 5) < min_count
+    assert not any(k.endswith("_ci_low") for k in reconstruction_exposure(rec, groups, "p", 10, resamples=0))
+
+
+def test_reconstruction_exposure_logs_only_aggregates(heart_data_dir):
+    from bench.fairness import RECONSTRUCTION_KEYS, reconstruction_fairness
+
+    truth = _heart_truth(heart_data_dir)
+    m = reconstruction_fairness("tableak", _women_exact_men_continuous_wrong(truth), truth, min_count=10, resamples=20)
+    groups = {a.name: set(a.groups) for a in truth.sensitive} | {"site": set(truth.site_names)}
+    name = re.compile(r"^fairness/exposure/tableak/(?P<attr>[^/]+)/(?P<group>[^/]+)/(?P<key>[a-z_]+?)(_ci_low|_ci_high)?$")
+    assert m and not unsafe_metric_names(list(m))
+    for k, v in m.items():
+        got = name.match(k)
+        # names are built from attribute, group and key vocabularies only: no id, no feature value
+        assert got and got["group"] in groups[got["attr"]] and got["key"] in RECONSTRUCTION_KEYS, k
+        assert isinstance(v, float) and (got["key"] == "records" or -1.0 <= v <= 1.0), k
+    pairs = {(name.match(k)["attr"], name.match(k)["group"]) for k in m}
+    assert pairs == {(a, g) for a, gs in groups.items() for g in gs}
+    assert len(m) <= len(pairs) * 3 * len(RECONSTRUCTION_KEYS)  # a fixed number per group, not one per record
+
+
+def test_report_reconstruction_rows_pair_by_seed():
+    from bench.report.fairness import reconstruction_rows
+
+    p = "fairness/exposure/tableak/sex"
+    def cell(name, seed, f, vs, **params):
+        return _cell(name, seed, {f"{p}/female/records": 14.0, f"{p}/female/feature_accuracy": f, f"{p}/female/feature_accuracy_vs_rest": vs,
+                                  f"{p}/female/feature_accuracy_gain_vs_rest": vs - 0.06,
+                                  f"{p}/male/records": 8.0, f"{p}/male/too_few": 1.0}, **{"attacks.tableak.iterations": "1000", **params})
+    base = [cell("no defense", s, f, vs) for s, (f, vs) in enumerate([(0.80, 0.05), (0.70, 0.04), (0.90, 0.06)])]
+    dp = [cell("dp", s, f - 0.3, vs - 0.05, defenses="dp_sgd") for s, (f, vs) in enumerate([(0.80, 0.05), (0.71, 0.04), (0.89, 0.06)])]
+    settings = group_settings(base + dp)
+    rows = reconstruction_rows(settings, fairness_comparisons(settings))
+    fem = [r for r in rows if r[3] == "female"]
+    assert len(fem) == 2 and fem[0][4] == "no defense" and "higher" in fem[0][9]  # +0.05 over the rest on every seed
+    assert fem[1][7].startswith("-0.300") and fem[1][7].endswith("lower")  # paired by seed: -0.30, -0.29, -0.31
+    assert fem[1][10].endswith("lower") and "no detectable difference" in fem[0][11]  # gain − rest: -0.01, -0.02, 0.00
+    assert not any(c.metric.endswith("gain_vs_rest") for c in fairness_comparisons(settings))  # its change is vs_rest's
+    assert all(r[6] == "too few (n=8)" for r in rows if r[3] == "male")

@@ -9,7 +9,15 @@ combined by MOVER). Which metrics are compared:
   ``fairness/site/<hospital>/accuracy`` (hospital × subgroup cells are in MLflow, not compared:
   too few records per seed);
 * the gaps, ``fairness/<attribute or site>/{accuracy_gap,worst_group_accuracy,equalized_odds_difference,demographic_parity_difference}``;
-* each subgroup's and hospital's membership exposure, ``fairness/exposure/<attack>/<...>/{auc,tpr_at_fpr_0.01}``.
+* each subgroup's and hospital's membership exposure, ``fairness/exposure/<attack>/<...>/{auc,tpr_at_fpr_0.01}``;
+* each subgroup's and hospital's reconstruction exposure (tabular inversion attacks),
+  ``fairness/exposure/<attack>/<...>/{feature_accuracy,feature_accuracy_vs_rest}`` (not the gains: on one seed the prior
+  baseline depends on the records only, so a gain changes exactly as its accuracy does).
+
+The reconstruction table also states, per setting, whether a group is more or less exposed than
+the other groups' records of the same cell (``feature_accuracy_vs_rest``, and the same for the gain
+over the prior, ``feature_accuracy_gain_vs_rest``: mean over seeds with a t interval, or the cell's
+bootstrap interval with one seed) — disparate exposure, with or without a defense.
 
 The comparisons are logged like the others (``compare/<setting>/fairness/...``) by
 :func:`bench.report.write_report`.
@@ -34,6 +42,7 @@ from bench.report.stats import HIGHER, LOWER, Difference, paired_difference
 GROUP_ACC = re.compile(r"^fairness/(?P<attr>(?!exposure/|exposed/)[^/]+)/(?P<group>[^/]+)/accuracy$")
 GAP = re.compile(r"^fairness/(?P<attr>(?!exposure/|exposed/)[^/]+)/(?P<gap>accuracy_gap|worst_group_accuracy|equalized_odds_difference|demographic_parity_difference)$")
 EXPOSURE = re.compile(r"^fairness/exposure/(?P<attack>[^/]+)/(?P<attr>[^/]+)/(?P<group>[^/]+)/(?P<metric>auc|tpr_at_fpr_0\.01)$")
+RECON = re.compile(r"^fairness/exposure/(?P<attack>[^/]+)/(?P<attr>[^/]+)/(?P<group>[^/]+)/(?P<metric>feature_accuracy|feature_accuracy_vs_rest)$")
 
 
 def fairness_compared(keys) -> list[str]:
@@ -42,11 +51,12 @@ def fairness_compared(keys) -> list[str]:
     acc = sorted(k for k in keys if GROUP_ACC.match(k))
     gaps = sorted(k for k in keys if GAP.match(k))
     exp = sorted(k for k in keys if EXPOSURE.match(k))
-    return acc + gaps + exp
+    rec = sorted(k for k in keys if RECON.match(k))
+    return acc + gaps + exp + rec
 
 
 def _exposure_params(cell, metric: str) -> dict:
-    m = EXPOSURE.match(metric)
+    m = EXPOSURE.match(metric) or RECON.match(metric)
     return {} if m is None else {k: v for k, v in cell.params.items() if k.startswith(f"attacks.{m['attack']}.")}
 
 
@@ -187,22 +197,84 @@ def exposed_rows(settings: Sequence[Setting]) -> list[list[str]]:
     return rows
 
 
+RECON_HEAD = ["dataset", "attack", "attribute", "group", "setting", "records (mean)", "feature accuracy [95 %]",
+              "feature accuracy − no defense [95 %], verdict", "gain over prior [95 %]", "group − other groups [95 %], verdict",
+              "(group − others) − no defense's [95 %], verdict", "gain: group − other groups [95 %], verdict"]
+
+
+def _recon_keys(settings: Sequence[Setting]) -> list[tuple[str, str, str]]:
+    """(attack, attribute or ``site``, group) with a reconstruction count in any cell: subgroups first, then hospitals."""
+    pat = re.compile(r"^fairness/exposure/(?P<attack>[^/]+)/(?P<attr>[^/]+)/(?P<group>[^/]+)/records$")
+    found = {(m["attack"], m["attr"], m["group"]) for s in settings for c in s.cells for k in c.metrics if (m := pat.match(k))}
+    return sorted(found, key=lambda t: (t[0], t[1] == "site", t[1], t[2]))
+
+
+def _est_verdict(s: Setting, metric: str) -> str:
+    """Mean [interval] and whether the interval excludes 0 (a within-cell difference, over seeds)."""
+    from bench.report.stats import verdict
+
+    e = s.estimate(metric)
+    if e is None:
+        return ""
+    return f"{fmt_diff(e)} {verdict(e.low, e.high)}"
+
+
+def reconstruction_rows(settings: Sequence[Setting], comparisons: Sequence[Comparison]) -> list[list[str]]:
+    """One row per (tabular inversion attack, subgroup or hospital, setting): the reconstruction exposure."""
+    comps = {(c.setting, c.metric): c for c in comparisons}
+    rows = []
+    for attack, attr, g in _recon_keys(settings):
+        base = f"fairness/exposure/{attack}/{attr}/{g}"
+        for s in settings:
+            if not s.has(f"{base}/records"):
+                continue
+            acc = f"{base}/feature_accuracy"
+            if not s.has(acc):
+                rows.append([s.dataset, attack, attr, g, s.short, _count(s, f"{base}/records"), f"too few (n={_count(s, f'{base}/records')})",
+                             "", "", "", "", ""])
+                continue
+            vs = f"{base}/feature_accuracy_vs_rest"
+            rows.append([s.dataset, attack, attr, g, s.short, _count(s, f"{base}/records"), _est(s, acc), _diff(comps, s.label, acc),
+                         _est(s, f"{base}/feature_accuracy_gain"), _est_verdict(s, vs), _diff(comps, s.label, vs),
+                         _est_verdict(s, f"{base}/feature_accuracy_gain_vs_rest")])
+    return rows
+
+
+def _md(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
 def write_fairness_table(settings: Sequence[Setting], comparisons: Sequence[Comparison], out: Path) -> tuple[list[str], list[list[str]]]:
-    """fairness.csv and fairness.md (with the most exposed members' table below); returns the files and the rows."""
+    """fairness.csv and fairness.md (with the most exposed members' and the reconstruction exposure's
+    tables below; the latter also in fairness_reconstruction.csv); returns the files and the rows."""
     rows = fairness_rows(settings, comparisons)
     if not rows:
         return [], rows
     exposed = exposed_rows(settings)
+    recon = reconstruction_rows(settings, comparisons)
     with open(out / "fairness.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(FAIRNESS_HEAD)
         w.writerows(rows)
-    md = ["| " + " | ".join(FAIRNESS_HEAD) + " |", "|" + "---|" * len(FAIRNESS_HEAD)] + ["| " + " | ".join(r) + " |" for r in rows]
+    files = ["fairness.csv", "fairness.md"]
+    md = _md(FAIRNESS_HEAD, rows)
     if exposed:
-        md += ["", f"Most exposed members ({_attack(settings)}: the highest-scored members of each cell; shares, mean over seeds):", "",
-               "| " + " | ".join(EXPOSED_HEAD) + " |", "|" + "---|" * len(EXPOSED_HEAD)] + ["| " + " | ".join(r) + " |" for r in exposed]
+        md += ["", f"Most exposed members ({_attack(settings)}: the highest-scored members of each cell; shares, mean over seeds):", ""]
+        md += _md(EXPOSED_HEAD, exposed)
+    if recon:
+        md += ["", RECON_CAPTION, ""] + _md(RECON_HEAD, recon)
+        with open(out / "fairness_reconstruction.csv", "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(RECON_HEAD)
+            w.writerows(recon)
+        files.append("fairness_reconstruction.csv")
     (out / "fairness.md").write_text("\n".join(md) + "\n", encoding="utf-8")
-    return ["fairness.csv", "fairness.md"], rows
+    return files, rows
+
+
+RECON_CAPTION = ("Reconstruction exposure (tabular gradient inversion): each attacked record's fraction of features recovered, "
+                 "grouped by the true record's subgroup and hospital; mean over seeds [95 % interval]. Changes against no defense "
+                 "are paired by seed; 'group − other groups' compares the group with the other groups' records of the same cells.")
 
 
 # --------------------------------------------------------------------------- figures
@@ -251,38 +323,74 @@ def fig_who_pays(ctx: ReportContext, comparisons: Sequence[Comparison]) -> Figur
     ))
 
 
-def fig_exposure(ctx: ReportContext) -> Figure | Skipped:
-    """Membership AUC per subgroup and hospital, for each setting (mean over seeds, 95 % interval)."""
-    title = "Disparate exposure: membership AUC per subgroup and hospital"
-    attack = _attack(ctx.settings)
-    if attack is None:
-        return Skipped(title, "no fairness/exposure/<attack>/... metric (run a membership attack with fairness set)")
-    keys = sorted({(m["attr"], m["group"]) for s in ctx.settings for c in s.cells for k in c.metrics
-                   if (m := EXPOSURE.match(k)) and m["attack"] == attack and m["metric"] == "auc"}, key=lambda t: (t[0] == "site", t))
-    settings = [s for s in ctx.settings if any(s.has(f"fairness/exposure/{attack}/{a}/{g}/auc") for a, g in keys)]
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(keys) * max(1, len(settings)) / 2 + 3), 4.6), layout="constrained")
+def _recon_attacks(settings: Sequence[Setting]) -> list[str]:
+    return sorted({m["attack"] for s in settings for c in s.cells for k in c.metrics if (m := RECON.match(k)) and m["metric"] == "feature_accuracy"})
+
+
+def _bars(ax, ctx: ReportContext, keys, metric_of, chance: Optional[float], chance_label: str, ylabel: str,
+          baseline_of=None) -> None:
+    """One bar per (group, setting) of ``metric_of(attr, group)``: mean over seeds with its 95 % interval."""
+    settings = [s for s in ctx.settings if any(s.has(metric_of(a, g)) for a, g in keys)]
     xs = np.arange(len(keys))
     width = 0.8 / max(1, len(settings))
     for i, s in enumerate(settings):
-        ests = [s.estimate(f"fairness/exposure/{attack}/{a}/{g}/auc") for a, g in keys]
+        ests = [s.estimate(metric_of(a, g)) for a, g in keys]
         means = [e.mean if e else np.nan for e in ests]
-        err = np.array([e.err() if e else (0.0, 0.0) for e in ests]).T
+        err = np.array([e.err() if e else (0.0, 0.0) for e in ests]).T.reshape(2, len(keys))
         ax.bar(xs + (i - (len(settings) - 1) / 2) * width, means, width, yerr=err, capsize=2, color=ctx.color(s), label=_wrap(s.short, 40))
-    ax.axhline(0.5, color="black", lw=0.8, ls="--", label="chance (0.5)")
+    if chance is not None:
+        ax.axhline(chance, color="black", lw=0.8, ls="--", label=chance_label)
+    if baseline_of is not None:  # a per-group reference level (the prior baseline: what anyone could guess)
+        lv = [np.mean([v for s in settings for v in s.values(baseline_of(a, g))] or [np.nan]) for a, g in keys]
+        ax.hlines(lv, xs - 0.42, xs + 0.42, color="black", lw=1.5, zorder=3, label=chance_label)
     ax.set_xticks(xs, [f"{a}=\n{g}" for a, g in keys], fontsize=8)
-    lo = min([0.4] + [v for s in settings for a, g in keys for v in s.values(f"fairness/exposure/{attack}/{a}/{g}/auc")])
+    lo = min([0.4] + [v for s in settings for a, g in keys for v in s.values(metric_of(a, g))])
     ax.set_ylim(max(0.0, lo - 0.05), None)
-    ax.set_ylabel(f"{attack} membership AUC on the group's records")
+    ax.set_ylabel(ylabel, fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+
+
+def fig_exposure(ctx: ReportContext) -> Figure | Skipped:
+    """Exposure per subgroup and hospital, for each setting (mean over seeds, 95 % interval): the membership
+    attack's AUC, and each tabular inversion attack's feature accuracy (one panel each)."""
+    title = "Disparate exposure per subgroup and hospital"
+    attack = _attack(ctx.settings)
+    recon = _recon_attacks(ctx.settings)
+    if attack is None and not recon:
+        return Skipped(title, "no fairness/exposure/<attack>/... metric (run a membership or tabular inversion attack with fairness set)")
+    panels = []
+    if attack is not None:
+        keys = sorted({(m["attr"], m["group"]) for s in ctx.settings for c in s.cells for k in c.metrics
+                       if (m := EXPOSURE.match(k)) and m["attack"] == attack and m["metric"] == "auc"}, key=lambda t: (t[0] == "site", t))
+        panels.append((keys, lambda a, g, n=attack: f"fairness/exposure/{n}/{a}/{g}/auc", 0.5, "chance (0.5)",
+                       f"{attack} membership AUC on the group's records", None))
+    for n in recon:
+        keys = sorted({(m["attr"], m["group"]) for s in ctx.settings for c in s.cells for k in c.metrics
+                       if (m := RECON.match(k)) and m["attack"] == n and m["metric"] == "feature_accuracy"}, key=lambda t: (t[0] == "site", t))
+        panels.append((keys, lambda a, g, n=n: f"fairness/exposure/{n}/{a}/{g}/feature_accuracy", None, "prior baseline",
+                       f"{n} feature accuracy of the group's records",
+                       lambda a, g, n=n: f"fairness/exposure/{n}/{a}/{g}/baseline_feature_accuracy"))
+    plt = _plt()
+    width = max(8, 0.9 * max(len(p[0]) for p in panels) * max(1, len(ctx.settings)) / 2 + 3)
+    fig, axs = plt.subplots(len(panels), 1, figsize=(width, 4.6 * len(panels)), squeeze=False, layout="constrained")
+    for ax, (keys, metric_of, chance, chance_label, ylabel, baseline_of) in zip(axs[:, 0], panels):
+        _bars(ax, ctx, keys, metric_of, chance, chance_label, ylabel, baseline_of)
     _save(fig, ctx, "fairness_exposure.png", title)
-    return _figure(ctx, "fairness_exposure.png", title, (
-        f"The {attack} attack's AUC computed on each subgroup's and each hospital's candidate records only (members vs "
-        "non-members of that group), mean over seeds with a 95 % interval; 0.5 is chance. A group whose bar stands above "
-        "the others' is more exposed by the same released model (disparate vulnerability). Groups with fewer than the "
-        "configured minimum of members or non-members are left out."
-    ))
+    reading = []
+    if attack is not None:
+        reading.append(
+            f"The {attack} attack's AUC computed on each subgroup's and each hospital's candidate records only (members vs "
+            "non-members of that group), mean over seeds with a 95 % interval; 0.5 is chance. A group whose bar stands above "
+            "the others' is more exposed by the same released model (disparate vulnerability). Groups with fewer than the "
+            "configured minimum of members or non-members are left out.")
+    if recon:
+        reading.append(
+            f"{' and '.join(recon)}: the fraction of each attacked record's features recovered from the update, grouped by the "
+            "true record's subgroup and hospital (mean over seeds, 95 % interval); the black dash is the prior baseline "
+            "(records drawn from the population's marginals, matched the same way). Groups with fewer reconstructed records "
+            "than the configured minimum are left out.")
+    return _figure(ctx, "fairness_exposure.png", title, " ".join(reading))
 
 
 @dataclass(frozen=True)
@@ -311,9 +419,12 @@ def fairness_report(ctx: ReportContext) -> FairnessSection:
             items.append(Skipped("fairness figure", f"drawing failed: {type(exc).__name__}: {exc}"))
     files, rows = write_fairness_table(ctx.settings, comps, ctx.out)
     html = _table(FAIRNESS_HEAD, rows) if rows else ""
+    recon = reconstruction_rows(ctx.settings, comps) if rows else []
+    if recon:
+        html += f"<p class='reading'>{RECON_CAPTION} Also in fairness_reconstruction.csv.</p>" + _table(RECON_HEAD, recon)
     figs = tuple(i.file for i in items if isinstance(i, Figure))
     return FairnessSection(tuple(items), figs + tuple(files), html, comps)
 
 
-__all__ = ["FAIRNESS_HEAD", "FairnessSection", "smaller_group_differences", "fairness_comparisons", "fairness_compared", "fairness_report", "fairness_rows",
+__all__ = ["FAIRNESS_HEAD", "RECON_HEAD", "FairnessSection", "reconstruction_rows", "smaller_group_differences", "fairness_comparisons", "fairness_compared", "fairness_report", "fairness_rows",
            "fig_exposure", "fig_who_pays", "write_fairness_table"]
