@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
@@ -25,7 +26,13 @@ EXIT_INTERRUPTED = 130
 log = logging.getLogger("privbench")
 
 
-def _cell_tags(suite, cell) -> dict[str, str]:
+def _dataset_name(data) -> str:
+    from bench.data import dataset_display_name
+
+    return dataset_display_name(data)
+
+
+def _cell_tags(suite, cell, source: Optional[Mapping[str, str]] = None) -> dict[str, str]:
     from bench.components import component_class
 
     cfg = cell.config
@@ -33,15 +40,18 @@ def _cell_tags(suite, cell) -> dict[str, str]:
     return {
         "suite": suite.name,
         "run_key": cell.run_key,
-        "dataset": cfg.data.name,
+        "dataset": _dataset_name(cfg.data),
         "model": cfg.model.name,
         "defenses": "+".join(d.name for d in cfg.defenses) or "none",
         "attacks": "+".join(a.name for a in cfg.attacks) or "none",
         "threat_models": "+".join(tms) or "none",
         "seed": str(cfg.seed),
+        # what the data is (file digest / package version): part of run_key, so changed data reruns the cell
+        "data_fingerprint": cfg.data_fingerprint or "unknown",
         # the seeds of one defense setting share this tag: "Group by" it in the MLflow UI to see
         # mean and spread over seeds (the hash keeps apart settings whose readable labels match)
         "setting": f"{cell.setting} · {cfg.setting_key[:6]}",
+        **(source or {}),
     }
 
 
@@ -274,6 +284,21 @@ def _every_error(path: str) -> list[str]:
         return []  # the loader names an unreadable file or broken YAML in its own one line
 
 
+def _describe_data(suite) -> None:
+    """How each distinct dataset of the suite was read (a CSV: per column and per hospital)."""
+    from bench.components import registry
+
+    shown = set()
+    for cell in suite.cells:
+        data = cell.config.data
+        describe = getattr(registry("dataset").get(data.name), "describe", None)
+        if describe is None or data in shown:
+            continue
+        shown.add(data)
+        print(describe(data, seed=cell.config.seed))
+        print()
+
+
 def cmd_validate(args) -> int:
     from bench.suite import filter_cells, load_suite
 
@@ -288,6 +313,7 @@ def cmd_validate(args) -> int:
         from bench.data import check_data
 
         check_data(c.config for c in suite.cells)
+        _describe_data(suite)
     print(f"{args.suite}: suite {suite.name!r} is valid{' (data loaded and split)' if args.data else ''}: {len(suite.cells)} cells")
     for cell in suite.cells:
         print(f"  {cell.run_key}  {cell.name}")
@@ -330,52 +356,145 @@ def _log_cell_error(name: str, exc: BaseException, verbose: bool) -> None:
         log.error("cell %s failed: %s: %s", name, type(exc).__name__, exc, exc_info=verbose)
 
 
-def _run_here(args, suite, todo, tracker, bar, rows: dict) -> int:
+@dataclass
+class _Progress:
+    """What one invocation did with its cells: rows of the summary, failures, cells left to others."""
+
+    rows: dict = field(default_factory=dict)
+    failed: int = 0
+    elsewhere: list = field(default_factory=list)  # (cell name, why another process has it)
+    started: float = 0.0  # time.time() at the start: --no-resume ignores FINISHED runs older than this
+
+
+def _claim(args, tracker, progress: _Progress, name: str, tags: Mapping[str, str], bar, cfg=None) -> Optional[str]:
+    """Claim the cell in the store right before it runs; None (and a note) when another process has it.
+    A claimed run gets its data as an MLflow dataset input (the Dataset column: name and digest)."""
+    got = tracker.claim(name, tags, ignore_finished_before=progress.started if args.no_resume else None)
+    if got.run_id is None:
+        progress.elsewhere.append((name, got.reason))
+        bar.update(1)
+    elif cfg is not None and hasattr(tracker, "client"):
+        _log_dataset(tracker, got.run_id, cfg)
+    return got.run_id
+
+
+def _log_dataset(tracker, run_id: str, cfg) -> None:
+    from bench.mlflow_view import dataset_name, log_dataset_input
+
+    try:
+        log_dataset_input(tracker.client, run_id, dataset_name(cfg.data.name, cfg.data.path),
+                          cfg.data_fingerprint or "unknown", cfg.data.path)
+    except Exception as exc:  # noqa: BLE001 - the Dataset column is a convenience; the tag data_fingerprint has it
+        log.warning("could not log the dataset input of run %s: %s", run_id, exc)
+
+
+def _source_tags(args) -> dict[str, str]:
+    """MLflow's own source tags (Source and Version columns): the suite file and the git commit."""
+    from bench.mlflow_view import source_tags
+    from bench.tracking import git_sha
+
+    return source_tags(args.suite, git_sha())
+
+
+def _run_here(args, suite, todo, tracker, bar, progress: _Progress) -> None:
     """Cells one after another in this process, streaming metrics round by round."""
     from tqdm import tqdm
 
     from bench.runner import run_cell
+    from bench.tracking import StoreError
 
-    failed = 0
+    source = _source_tags(args)
     for cell in todo:
+        tags = _cell_tags(suite, cell, source)
+        run_id = _claim(args, tracker, progress, cell.name, tags, bar, cell.config)
+        if run_id is None:
+            continue
         rounds = tqdm(total=cell.config.train.rounds, desc="  rounds", leave=False, file=sys.stderr, disable=args.quiet)
         bar.set_postfix_str(cell.name[:60])
         try:
-            with tracker.cell(cell.name, _cell_tags(suite, cell)) as out:
-                result = run_cell(cell.config, out, on_round=lambda r: rounds.update(1))
-            rows[cell.index] = _finished_row(cell.name, result.metrics, result.tags)
-        except (KeyboardInterrupt, SystemExit):
+            with tracker.cell(cell.name, tags, run_id=run_id) as out:
+                result = run_cell(cell.config, out, on_round=lambda r: rounds.update(1),
+                                  on_phase=lambda name: rounds.set_description_str(f"  {name}"))
+            progress.rows[cell.index] = _finished_row(cell.name, result.metrics, result.tags)
+        except (KeyboardInterrupt, SystemExit, StoreError):
             raise
         except Exception as exc:  # a crashing cell ends FAILED and the suite goes on
-            failed += 1
-            rows[cell.index] = SummaryRow(cell.name, "FAILED")
+            progress.failed += 1
+            progress.rows[cell.index] = SummaryRow(cell.name, "FAILED")
             _log_cell_error(cell.name, exc, args.verbose)
         finally:
             rounds.close()
         bar.update(1)
-    return failed
 
 
-def _run_elsewhere(args, suite, todo, tracker, bar, rows: dict, executor) -> int:
+def _run_elsewhere(args, suite, todo, tracker, bar, progress: _Progress, executor) -> None:
     """Cells on ``executor`` (worker processes or Ray); this process alone writes the runs."""
-    from bench.executors import CellTask, record_outcome
+    from dataclasses import replace
 
-    tasks = [CellTask(c.index, c.name, c.run_key, c.config, _cell_tags(suite, c)) for c in todo]
-    failed = 0
-    for outcome in executor.run(tasks):
+    from bench.executors import CellTask, record_outcome
+    from bench.tracking import StoreError
+
+    def claim(task: CellTask) -> Optional[CellTask]:
+        run_id = _claim(args, tracker, progress, task.name, task.tags, bar, task.config)
+        return None if run_id is None else replace(task, run_id=run_id)
+
+    source = _source_tags(args)
+    tasks = [CellTask(c.index, c.name, c.run_key, c.config, _cell_tags(suite, c, source)) for c in todo]
+    for outcome in executor.run(tasks, claim=claim):
         name = outcome.task.name
         try:
             record_outcome(tracker, outcome)
-            rows[outcome.task.index] = _finished_row(name, outcome.metrics, _logged_tags(outcome.log.events))
-        except (KeyboardInterrupt, SystemExit):
+            progress.rows[outcome.task.index] = _finished_row(name, outcome.metrics, _logged_tags(outcome.log.events))
+        except (KeyboardInterrupt, SystemExit, StoreError):
             raise
         except Exception as exc:  # the cell's own error (run ended FAILED) or a failed write
-            failed += 1
-            rows[outcome.task.index] = SummaryRow(name, "FAILED", seconds=outcome.seconds)
+            progress.failed += 1
+            progress.rows[outcome.task.index] = SummaryRow(name, "FAILED", seconds=outcome.seconds)
             _log_cell_error(name, exc, args.verbose)
         bar.set_postfix_str(name[:60])
         bar.update(1)
-    return failed
+
+
+def _reaped_line(reaped) -> str:
+    names = "; ".join(f"{r.name} ({r.owner})" for r in reaped[:5]) + (f"; and {len(reaped) - 5} more" if len(reaped) > 5 else "")
+    return f"marked {len(reaped)} RUNNING run(s) FAILED whose process is gone (killed, or its machine lost): {names}"
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (``kill``, a scheduler, ``docker stop``) ends the suite like Ctrl-C."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _signals_ignored():
+    """No second Ctrl-C or SIGTERM while an interrupted suite ends its runs (bounded: the store's timeouts)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _log_comparisons(tracker, suite_name: str) -> str:
@@ -393,14 +512,50 @@ def _log_comparisons(tracker, suite_name: str) -> str:
             f"{detectable} with a detectable difference")
 
 
+@contextmanager
+def _bars_keep_logs():
+    """Log lines and Python warnings are written above the progress bars, not into them."""
+    import warnings
+
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    logging.captureWarnings(True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("once")  # a warning repeated every round is shown once per run
+            with logging_redirect_tqdm(loggers=[logging.getLogger(), logging.getLogger("py.warnings")]):
+                yield
+    finally:
+        logging.captureWarnings(False)
+
+
+def _write_view(tracker) -> None:
+    """Save the suite's runs view in MLflow (headline columns, grouped by setting): the link
+    `privbench ui` prints opens it. A failure here costs only the view, never a result."""
+    from bench.mlflow_view import write_suite_view
+
+    try:
+        write_suite_view(tracker.client, tracker.experiment_id)
+    except Exception as exc:  # noqa: BLE001 - the results are already logged
+        log.warning("could not save the suite's MLflow view (%s); `privbench ui` saves it again", exc)
+
+
 def cmd_run(args) -> int:
+    with _sigterm_as_interrupt():
+        return _cmd_run(args)
+
+
+def _cmd_run(args) -> int:
+    import time
+
     import torch
     from tqdm import tqdm
 
     from bench.executors import CELL_THREADS, make_executor
     from bench.suite import filter_cells, load_suite
-    from bench.tracking import MlflowTracker
+    from bench.tracking import MlflowTracker, StoreError
 
+    started = time.time()
     suite = filter_cells(load_suite(args.suite, args.set), args.only)  # all validation happens here
     if args.executor == "local":  # (Ray nodes hold their own copy of the data; this machine may not)
         from bench.data import check_data
@@ -409,8 +564,12 @@ def cmd_run(args) -> int:
     executor = None
     if args.executor != "local" or args.workers not in (None, 1) or args.address:
         executor = make_executor(args.executor, args.workers, args.address)  # bad options fail before logging
+    tracker = MlflowTracker(args.tracking_uri)  # a bad or unreachable store fails here (one line, exit 2)
+    if executor is not None:
         executor.warm()
-    tracker = MlflowTracker(args.tracking_uri)
+    reaped = tracker.reap_gone(suite.name)
+    if reaped:
+        print(_reaped_line(reaped), file=sys.stderr)
     done = set() if args.no_resume else tracker.finished_keys(suite)
     todo = [c for c in suite.cells if c.run_key not in done]
     print(f"suite {suite.name!r}: {len(suite.cells)} cells, {len(suite.cells) - len(todo)} already finished, {len(todo)} to run")
@@ -420,46 +579,73 @@ def cmd_run(args) -> int:
         return 0
     if executor is not None:
         print(f"executor: {executor.describe()}")
-    tracker.begin_suite(suite)
-    rows: dict[int, SummaryRow] = {}
-    bar = tqdm(total=len(todo), desc="cells", unit="cell", file=sys.stderr, disable=args.quiet)
+    progress = _Progress(started=started)
     threads = torch.get_num_threads()
-    # same per-cell thread count as the workers: results do not depend on --workers
-    torch.set_num_threads(CELL_THREADS)
+    bar = None
     try:
-        if executor is None:
-            failed = _run_here(args, suite, todo, tracker, bar, rows)
-        else:
-            failed = _run_elsewhere(args, suite, todo, tracker, bar, rows, executor)
-    except KeyboardInterrupt:
+        tracker.begin_suite(suite)
+        bar = tqdm(total=len(todo), desc="cells", unit="cell", file=sys.stderr, disable=args.quiet)
+        # same per-cell thread count as the workers: results do not depend on --workers
+        torch.set_num_threads(CELL_THREADS)
+        with _bars_keep_logs():
+            if executor is None:
+                _run_here(args, suite, todo, tracker, bar, progress)
+            else:
+                _run_elsewhere(args, suite, todo, tracker, bar, progress, executor)
+    except KeyboardInterrupt as exc:
+        how = exc.args[0] if exc.args else "SIGINT"
+        with _signals_ignored():
+            if executor is not None:
+                executor.close(cancel=True)
+            if bar is not None:
+                bar.close()
+            tracker.end_suite("KILLED", f"interrupted ({how}); the cell runs again next time")
+        print(f"interrupted ({how}): finished cells are logged; the running ones ended KILLED and run again next time", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except StoreError as exc:
         if executor is not None:
             executor.close(cancel=True)
-        bar.close()
-        tracker.end_suite("KILLED")
-        if executor is None:
-            print("interrupted: the running cell ended FAILED and will run again next time", file=sys.stderr)
-        else:
-            print("interrupted: finished cells are logged; unfinished ones were not and will run next time", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        if bar is not None:
+            bar.close()
+        tracker.end_suite("FAILED")  # writes nothing: the store is gone
+        kept = sum(r.status == "FINISHED" for r in progress.rows.values())
+        print(f"privbench: error: {exc}; the suite stopped: {kept} cell(s) finished in this invocation are kept, the cell(s) it was "
+              "running stay RUNNING until the next `privbench run` or `report` marks them FAILED; run the same command again when the "
+              "store is back", file=sys.stderr)
+        return EXIT_FAILED_CELLS
     finally:
         torch.set_num_threads(threads)
     bar.close()
-    tracker.end_suite("FAILED" if failed else "FINISHED")
-    print(_summary_table([rows[i] for i in sorted(rows)]))
+    tracker.end_suite("FAILED" if progress.failed else "FINISHED")
+    if progress.rows:
+        print(_summary_table([progress.rows[i] for i in sorted(progress.rows)]))
+    if progress.elsewhere:
+        names = "; ".join(f"{n} ({why})" for n, why in progress.elsewhere)
+        print(f"{len(progress.elsewhere)} cell(s) left to another privbench process on this store: {names}")
     print(_log_comparisons(tracker, suite.name))
+    _write_view(tracker)
     where = "" if args.tracking_uri is None and "MLFLOW_TRACKING_URI" not in os.environ else f" --tracking-uri {tracker.uri}"
     print(f"next: `privbench ui{where}` to compare the runs, `privbench report --suite {suite.name}{where}` for the figures")
-    if failed:
-        print(f"{failed} cell(s) FAILED (see the 'error' tag of each run); run the same command again to retry them", file=sys.stderr)
+    if progress.failed:
+        print(f"{progress.failed} cell(s) FAILED (see the 'error' tag of each run); run the same command again to retry them", file=sys.stderr)
         return EXIT_FAILED_CELLS
     return 0
 
 
 def cmd_report(args) -> int:
     from bench.report import write_report
+    from bench.tracking import MlflowTracker
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one progress bar per artifact otherwise
-    res = write_report(args.suite, args.tracking_uri, args.out, attach=not args.no_attach)
+    tracker = MlflowTracker(args.tracking_uri, create=False)  # a bad, missing or unreachable store: one line, exit 2
+    try:
+        reaped = tracker.reap_gone(args.suite)
+    except Exception as exc:  # a read-only store can still be reported on
+        log.warning("could not check for runs whose process is gone: %s", exc)
+        reaped = []
+    if reaped:
+        print(_reaped_line(reaped), file=sys.stderr)
+    res = write_report(args.suite, tracker.uri, args.out, attach=not args.no_attach)
     print(f"suite {args.suite!r}: {res.settings} defense settings; wrote {len(res.files)} files to {res.out_dir}/ ({len(res.figures)} figures)")
     for f in res.figures:
         print(f"  {f.file:<28} {f.title}")
@@ -468,10 +654,32 @@ def cmd_report(args) -> int:
     print(f"open {res.out_dir / 'report.html'}")
     if res.parent_run_id:
         print(f"attached as artifacts report/* of the suite run {res.parent_run_id}")
-    if res.failed_cells:
-        names = ", ".join(c.name for c in res.failed_cells)
-        print(f"{len(res.failed_cells)} cell(s) FAILED and are left out of the report: {names}; rerun the suite to retry them", file=sys.stderr)
+    for line in _left_out_lines(res):
+        print(line, file=sys.stderr)
+    if not res.left_out:
+        print(f"cells: all {res.in_report} in the report")
     return 0
+
+
+_LEFT_OUT_FIX = {
+    "FAILED": "rerun the suite to retry them",
+    "KILLED": "rerun the suite to retry them",
+    "RUNNING": "report again when they finish",
+    "missing": "run the suite to add them",
+}
+
+
+def _left_out_lines(res) -> list[str]:
+    """One line per kind of cell the report left out (FAILED, KILLED, RUNNING, missing): each cell and why."""
+    if not res.left_out:
+        return []
+    lines = [f"cells: {res.in_report} in the report, {len(res.left_out)} left out"]
+    for status in ("FAILED", "KILLED", "RUNNING", "missing"):
+        group = [c for c in res.left_out if c.status == status]
+        if group:
+            names = "; ".join(f"{c.name} ({c.reason})" for c in group)
+            lines.append(f"{len(group)} cell(s) {status} and are left out of the report: {names}; {_LEFT_OUT_FIX[status]}")
+    return lines
 
 
 def cmd_ui(args) -> int:
@@ -534,18 +742,23 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--no-attach", action="store_true", help="do not log the files as artifacts of the suite's latest run")
     rp.set_defaults(func=cmd_report)
 
-    u = sub.add_parser("ui", help="open the MLflow UI on the results store")
-    u.add_argument("--tracking-uri")
-    u.add_argument("--host", default="127.0.0.1")
-    u.add_argument("--port", type=int, default=5000)
+    from bench.ui import add_ui_arguments
+
+    u = sub.add_parser("ui", help="the MLflow UI on the results store; prints each suite's link (runs table, compare-defenses view)")
+    add_ui_arguments(u)
     u.set_defaults(func=cmd_ui)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from bench.tracking import StoreError
+
     args = build_parser().parse_args(argv)
     if not getattr(args, "verbose", False):
         args.verbose = False
+    # MLflow configures its own loggers at import ("Creating initial MLflow database tables..."):
+    # its chatter is shown only with -v
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "DEBUG" if args.verbose else "WARNING")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("mlflow", "alembic", "urllib3", "opacus"):
         logging.getLogger(noisy).setLevel(logging.WARNING if args.verbose else logging.ERROR)
@@ -554,5 +767,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as exc:
         print(f"privbench: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except StoreError as exc:  # the store failed outside a suite's cells (a suite in progress handles its own)
+        print(f"privbench: error: {exc}; run the same command again when the store is back", file=sys.stderr)
+        return EXIT_FAILED_CELLS
+    except KeyboardInterrupt:  # before anything was logged (a suite in progress handles its own)
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0

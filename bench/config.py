@@ -40,6 +40,14 @@ class DataConfig:
     site_column: str = "site"
     label_column: str = "label"
     categorical_columns: tuple[str, ...] = ()
+    # csv only (docs/csv.md): identifier columns (never features, never logged), columns not
+    # read at all, and what the label's values mean: ``positive_labels`` binarises (those
+    # values -> 1, the rest -> 0), ``multiclass: true`` keeps every value as a class. A label
+    # with more than two values needs one of the two; the loader does not guess.
+    id_columns: tuple[str, ...] = ()
+    drop_columns: tuple[str, ...] = ()
+    positive_labels: tuple[Any, ...] = ()  # text or numbers, as written in the CSV (checked by the csv dataset)
+    multiclass: bool = False
 
 
 @dataclass(frozen=True)

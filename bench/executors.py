@@ -3,16 +3,24 @@
 Design: *workers compute, one process writes*. A worker runs :func:`bench.runner.run_cell`
 against a :class:`RecordingCellLog` (params, metrics with their steps, tags and artifacts as
 bytes, in call order) and sends it back; the parent process replays each finished cell into
-the tracker (:func:`record_outcome`), creating the child run, logging everything and ending it
-FINISHED — or FAILED with an ``error`` tag when the cell raised. So:
+the cell's run (:func:`record_outcome`), logging everything and ending it FINISHED — or FAILED
+with an ``error`` tag when the cell raised. So:
 
-* there is exactly one writer, hence no SQLite lock contention and no half-written runs
-  from a worker that died or was interrupted;
-* a cell that never finished leaves nothing behind and runs again on resume;
+* there is exactly one writer per ``privbench`` process, hence no SQLite lock contention
+  between workers and no half-written metrics from a worker that died or was interrupted;
+* a cell that never finished ends KILLED or FAILED (its claim, below) and runs again on resume;
 * Ray workers need no access to the MLflow server (only the driver talks to it).
 
 The price: a cell's metrics appear in MLflow when the cell ends, not round by round
 (``--workers 1`` keeps live streaming, see ``bench.cli``).
+
+Cells are handed out lazily: an executor keeps at most its number of workers in flight and
+calls ``claim(task)`` (:meth:`bench.tracking.MlflowTracker.claim`) right before it submits a
+cell, so a cell is claimed in the store only when it starts, and another ``privbench`` process
+on the same store takes the cells this one has not started. Signals: workers ignore SIGINT and
+SIGTERM (the parent decides: it kills them, ``close(cancel=True)``), and on Linux each worker
+dies with its fork server, which dies with the parent, so a ``privbench`` killed with SIGKILL
+leaves no worker behind.
 """
 
 from __future__ import annotations
@@ -25,9 +33,10 @@ import signal
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 from bench.tracking import CellLog
 from bench.types import ConfigError
@@ -96,6 +105,7 @@ class CellTask:
     run_key: str
     config: Any  # bench.config.ExperimentConfig
     tags: Mapping[str, str] = field(default_factory=dict)
+    run_id: Optional[str] = None  # the run claimed for it in the store (bench.tracking.Claim), once claimed
 
 
 @dataclass(frozen=True)
@@ -146,33 +156,61 @@ def execute(task: CellTask) -> CellOutcome:
 # --------------------------------------------------------------------------- writing
 
 
-@contextmanager
-def hold_sigint() -> Iterator[None]:
-    """Delay Ctrl-C until the block ends, so that a run is never left half-written.
+HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    Only the main thread can install signal handlers; elsewhere this does nothing.
+
+@contextmanager
+def hold_signals() -> Iterator[None]:
+    """Delay Ctrl-C and SIGTERM until the block ends, so that a run is never left half-written.
+
+    A signal caught meanwhile is raised afterwards as ``KeyboardInterrupt`` (with the signal's
+    name, e.g. ``KeyboardInterrupt('SIGTERM')``). Only the main thread can install signal
+    handlers; elsewhere this does nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in HELD_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     if caught:
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt(signal.Signals(caught[0]).name)
+
+
+hold_sigint = hold_signals  # the earlier name
+
+
+@contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """SIGINT and SIGTERM ignored in the block (main thread only), e.g. for child processes started in it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in HELD_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _claim_all(task: CellTask) -> Optional[CellTask]:
+    return task
 
 
 def record_outcome(tracker, outcome: CellOutcome) -> None:
     """Write one finished cell as a child run of ``tracker``'s suite run (parent process only).
 
-    The run ends FINISHED, or FAILED with an ``error`` tag, in which case the cell's
-    original exception is raised again here (like a cell that ran in this process).
+    The run (the one claimed for the task, else a new one) ends FINISHED, or FAILED with an
+    ``error`` tag, in which case the cell's original exception is raised again here (like a
+    cell that ran in this process).
     """
-    with hold_sigint():
-        with tracker.cell(outcome.task.name, outcome.task.tags) as out:
+    with hold_signals():
+        with tracker.cell(outcome.task.name, outcome.task.tags, run_id=outcome.task.run_id) as out:
             outcome.log.replay(out)
             if outcome.error is not None:
                 raise outcome.error
@@ -181,10 +219,27 @@ def record_outcome(tracker, outcome: CellOutcome) -> None:
 # --------------------------------------------------------------------------- executors
 
 
+def _die_with_parent() -> None:
+    """Linux: this process gets SIGKILL when its parent (the fork server) exits."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # no prctl: a killed parent may leave this worker to finish its cell
+        pass
+
+
 def _init_worker(threads: int) -> None:
-    # Ctrl-C reaches the whole process group; only the parent decides what happens then
-    # (it stops the workers), so a worker never dies half-way through on its own.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C and SIGTERM reach the whole process group; only the parent decides what happens
+    # then (it kills the workers), so a worker never dies half-way through on its own. If the
+    # parent itself is killed (SIGKILL), its fork server exits and takes the workers with it.
+    for s in HELD_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+    _die_with_parent()
     import torch
 
     torch.set_num_threads(threads)
@@ -220,29 +275,53 @@ class LocalExecutor:
         return f"{self.workers} local worker process(es)"
 
     def warm(self) -> None:
-        """Start the fork server now, so its imports overlap the parent's own start-up."""
+        """Start the fork server now, so its imports overlap the parent's own start-up.
+
+        It starts with SIGINT and SIGTERM ignored (an exec keeps ignored signals ignored): a
+        Ctrl-C or SIGTERM to the process group while it imports torch would otherwise kill it
+        and the parent's next submit() with it; the parent alone decides (it ends the pool).
+        """
         ctx = _mp_context()
         if ctx.get_start_method() == "forkserver":
             from multiprocessing import forkserver
 
-            forkserver.ensure_running()
+            with _signals_ignored():
+                forkserver.ensure_running()
 
-    def run(self, tasks: Sequence[CellTask]) -> Iterator[CellOutcome]:
-        """Yield each task's outcome as soon as it is finished (in completion order)."""
+    def run(self, tasks: Sequence[CellTask], claim: Callable[[CellTask], Optional[CellTask]] = _claim_all) -> Iterator[CellOutcome]:
+        """Yield each task's outcome as soon as it is finished (in completion order).
+
+        At most ``workers`` cells are in flight; ``claim(task)`` is called right before a task is
+        submitted and returns the task to run (with its claimed run) or ``None`` to skip it.
+        """
         if not tasks:
             return
+        self.warm()  # (already running when the CLI warmed it)
         self._pool = ProcessPoolExecutor(
             max_workers=min(self.workers, len(tasks)),
             mp_context=_mp_context(),
             initializer=_init_worker,
             initargs=(CELL_THREADS,),
         )
-        futures: dict[Future, CellTask] = {self._pool.submit(execute, t): t for t in tasks}
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+        queue = list(tasks)
+        futures: dict[Future, CellTask] = {}
+        while queue or futures:
+            broken: list[CellOutcome] = []
+            while queue and len(futures) < self.workers:
+                # an interrupt inside submit() could leave a worker starting that close() does not know
+                with hold_signals():
+                    task = claim(queue.pop(0))
+                    if task is not None:
+                        try:
+                            futures[self._pool.submit(execute, task)] = task
+                        except (BrokenProcessPool, EOFError, OSError) as exc:  # the fork server or the pool died
+                            broken.append(CellOutcome(task, RecordingCellLog(), {}, RuntimeError(f"worker pool broken: {type(exc).__name__}: {exc}"), 0.0))
+            yield from broken
+            if not futures:
+                break
+            done, _ = wait(set(futures), return_when=FIRST_COMPLETED)
             for fut in sorted(done, key=lambda f: futures[f].index):
-                task = futures[fut]
+                task = futures.pop(fut)
                 exc = fut.exception()
                 if exc is not None:  # the worker process itself died (e.g. killed for memory)
                     yield CellOutcome(task, RecordingCellLog(), {}, _portable(exc), 0.0)
@@ -251,18 +330,18 @@ class LocalExecutor:
         self.close()
 
     def close(self, cancel: bool = False) -> None:
-        """Stop the pool; with ``cancel`` (Ctrl-C) also stop the running cells at once."""
+        """Stop the pool; with ``cancel`` (Ctrl-C, SIGTERM) also kill the running cells at once."""
         pool, self._pool = self._pool, None
         if pool is None:
             return
         if cancel:
             procs = list(getattr(pool, "_processes", {}).values())  # no public API stops a running task
-            pool.shutdown(wait=False, cancel_futures=True)
-            for p in procs:
+            for p in procs:  # they ignore SIGINT and SIGTERM (see _init_worker)
                 if p.is_alive():
-                    p.terminate()
+                    p.kill()
             for p in procs:
                 p.join(timeout=5)
+            pool.shutdown(wait=False, cancel_futures=True)
         else:
             pool.shutdown(wait=True)
 
@@ -321,18 +400,22 @@ class RayExecutor:
         self._started = True
         return ray
 
-    def run(self, tasks: Sequence[CellTask]) -> Iterator[CellOutcome]:
+    def run(self, tasks: Sequence[CellTask], claim: Callable[[CellTask], Optional[CellTask]] = _claim_all) -> Iterator[CellOutcome]:
+        """Like :meth:`LocalExecutor.run`; without ``max_in_flight``, as many cells as the cluster has CPUs."""
         if not tasks:
             return
         ray = self._connect()
         remote = ray.remote(num_cpus=1, max_retries=0)(execute)
         queue = list(tasks)
-        limit = self.max_in_flight or len(queue)
+        limit = self.max_in_flight or max(1, int(ray.cluster_resources().get("CPU", 1)))
         by_ref: dict = {}
         while queue or by_ref:
             while queue and len(by_ref) < limit:
-                task = queue.pop(0)
-                by_ref[remote.remote(task)] = task
+                task = claim(queue.pop(0))
+                if task is not None:
+                    by_ref[remote.remote(task)] = task
+            if not by_ref:
+                break
             self._refs = list(by_ref)
             done, _ = ray.wait(list(by_ref), num_returns=1)
             for ref in done:

@@ -192,7 +192,7 @@ def suite_charts(headline: Sequence[str], all_metrics: Iterable[str]) -> tuple[l
 def _width(column: str, least: int) -> int:
     """Pixels for a column: its header in full (about 7 px a character at the UI's font)."""
     if column == DATASET_COLUMN:
-        return max(least, 300)  # "breast_cancer (0123456789ab)" and the "Train" context badge
+        return max(least, 250)  # "breast_cancer (0123456789ab)"; the "Train" context badge may be cut
     name = column.split("`")[1] if "`" in column else column
     return max(least, min(300, 7 * len(name) + 28))
 
@@ -370,8 +370,10 @@ def compare_link(base_url: str, experiment_id: str, run_ids: Sequence[str]) -> s
 
 
 def dataset_name(data_name: str, path: Optional[str] = None) -> str:
-    """The dataset's name in MLflow: a CSV's file stem, else the registered dataset name."""
-    return Path(path).stem if path else data_name
+    """The dataset's name in MLflow: ``csv:<file stem>`` for a file (as
+    ``bench.data.dataset_display_name``: a user's ``digits.csv`` is not the bundled ``digits``),
+    else the registered dataset name."""
+    return f"{data_name}:{Path(path).stem}" if path else data_name
 
 
 def short_digest(fingerprint: str) -> str:

@@ -262,7 +262,12 @@ CSV_FILES: dict[str, Any] = {
     "minus_inf_cell": _csv_text(line=lambda i, t: t.replace(t.split(",")[2], "-inf") if i == 7 else t),
     "overflow_cell": _csv_text(line=lambda i, t: t.replace(t.split(",")[2], "1e400") if i == 2 else t),
     "empty_column": _csv_text([(h, a, b, "", o) for h, a, b, o in _ROWS], header=("hospital", "age", "bp", "notes", "outcome")),
-    "thousands": _csv_text([(h, a, f'"{int(b)},{i % 1000:03d}"', o) for i, (h, a, b, o) in enumerate(_ROWS)]),
+    "thousands": _csv_text([(h, a, f'"{int(b)},{i % 1000:03d}"', o) for i, (h, a, b, o) in enumerate(_ROWS)]),  # read as numbers
+    "decimal_comma": _csv_text([(h, a, f'"{str(b).replace(".", ",")}"', o) for h, a, b, o in _ROWS]),
+    "with_id": _csv_text([(f"P{1000 + i}", h, a, b, o) for i, (h, a, b, o) in enumerate(_ROWS)], header=("patient_id",) + _COLUMNS),
+    "row_number": _csv_text([(i, h, a, b, o) for i, (h, a, b, o) in enumerate(_ROWS)], header=("",) + _COLUMNS),
+    "five_grades": _csv_text([(h, a, b, i % 5) for i, (h, a, b, _) in enumerate(_ROWS)]),
+    "no_site": _csv_text([(a, b, o) for _, a, b, o in _ROWS], header=_COLUMNS[1:]),
     "mixed_text": _csv_text(line=lambda i, t: t.replace(t.split(",")[2], "120 mmHg") if i == 5 else t),
     "only_site_and_label": _csv_text([(h, o) for h, _, _, o in _ROWS], header=("hospital", "outcome")),
 }
@@ -287,7 +292,24 @@ both("csv-inf-cell", _csv("inf_cell"), "'bp'", "inf", "finite")
 both("csv-minus-inf-cell", _csv("minus_inf_cell"), "'bp'", "-inf")
 both("csv-overflow-cell", _csv("overflow_cell"), "'bp'", "finite")
 both("csv-empty-column", _csv("empty_column"), "'notes'", "no values")
-both("csv-thousands-separators", _csv("thousands"), "'bp'", "thousands separators")
+both("csv-decimal-comma", _csv("decimal_comma"), "'bp'", "not thousands separators", "decimal point")
+both("csv-id-column", _csv("with_id"), "data.id_columns", "'patient_id'", "identifier", "data.drop_columns")
+both("csv-row-number", _csv("row_number"), "data.id_columns", "'Unnamed: 0'", "row number")
+both("csv-five-grades", _csv("five_grades"), "data.label_column", "5 values", "data.positive_labels", "data.multiclass: true")
+both("csv-natural-without-site", _csv("no_site"), "data.site_column", "'hospital'", "iid or dirichlet")
+both("csv-relative-path", _csv("ok", path="no_such_dir/patients.csv"), "data.path", "resolved to",
+     str(Path.cwd() / "no_such_dir" / "patients.csv"))
+add("csv-positive-label-not-found", _csv("five_grades", positive_labels=[7]), "data.positive_labels", "'7'", "0, 1, 2, 3, 4",
+    args=("--data",))
+add("csv-positive-labels-all", _csv("ok", positive_labels=["healthy", "sick"]), "data.positive_labels", "no negative class",
+    args=("--data",))
+add("csv-positive-and-multiclass", _csv("five_grades", positive_labels=[3], multiclass=True), "data.multiclass", "data.positive_labels")
+add("csv-positive-label-yaml-bool", _csv("ok", positive_labels=[True]), "data.positive_labels[0]", "quote")
+add("csv-positive-label-twice", _csv("five_grades", positive_labels=[3, 3.0]), "data.positive_labels", "twice")
+add("csv-id-column-unknown", _csv("ok", id_columns=["patient_id"]), "data.id_columns", "'patient_id'", "columns:", args=("--data",))
+add("csv-id-column-is-label", _csv("ok", id_columns=["outcome"]), "data.id_columns", "label column")
+add("csv-drop-and-categorical", _csv("ok", drop_columns=["age"], categorical_columns=["age"]), "data.categorical_columns",
+    "data.drop_columns", "one role")
 both("csv-number-with-text", _csv("mixed_text"), "'bp'", "mixes numbers and text")
 both("csv-no-features", _csv("only_site_and_label"), "no feature columns")
 both("csv-missing-site-column", _csv("ok", site_column="clinic"), "data.site_column", "'clinic'", "columns:")
@@ -479,13 +501,19 @@ def test_a_few_through_a_real_process(case_id, files, tmp_path):
 
 
 def test_the_drill_is_large_and_the_good_inputs_are_good(files, tmp_path, capsys, monkeypatch):
-    """At least 120 cases; and the suites they break (GOOD, the ok CSV, the heart copy) pass."""
+    """At least 120 cases; and the suites they break (GOOD, the ok CSV and its declared variants,
+    the heart copy) pass."""
     from bench.cli import main
 
     assert len(CASES) >= 120, len(CASES)
     assert len({c.id for c in CASES}) == len(CASES), "duplicate drill ids"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'db'}")
-    for i, good in enumerate((GOOD, _csv("ok"), _heart(data_dir="@heart"))):
+    goods = (GOOD, _csv("ok"), _heart(data_dir="@heart"),
+             _csv("thousands"),  # "120,005": a number (it used to be refused)
+             _csv("no_site", partition="iid", num_sites=3),  # no site column: fine without natural hospitals
+             _csv("with_id", id_columns=["patient_id"]), _csv("five_grades", positive_labels=[3, 4]),
+             _csv("five_grades", multiclass=True))
+    for i, good in enumerate(goods):
         path = tmp_path / f"good{i}.yaml"
         path.write_text(yaml.safe_dump(_resolve(good, files)))
         assert main(["validate", str(path), "--data"]) == 0, capsys.readouterr().err

@@ -226,7 +226,8 @@ def test_csv_attributes_any_column_and_refusals(tmp_path):
     bad = parse_experiment(tiny_raw(**base, fairness={"attributes": ["ethnicity"]}))  # csv columns are known at data time
     with pytest.raises(ConfigError, match=r"'ethnicity' is not a column of csv"):
         build_federation(bad.data, Seeds(0), bad.fairness)
-    multi = parse_experiment(tiny_raw(data={"name": "csv", "path": _csv(tmp_path / "m.csv", classes=3), "partition": "natural"},
+    multi = parse_experiment(tiny_raw(data={"name": "csv", "path": _csv(tmp_path / "m.csv", classes=3), "partition": "natural",
+                                            "multiclass": True},  # a declared 3-class label: the loader takes it, fairness refuses it
                                       fairness={"attributes": ["sex"]}))
     with pytest.raises(ConfigError, match=r"need a binary label"):
         build_federation(multi.data, Seeds(0), multi.fairness)

@@ -10,6 +10,9 @@ The fast test runs a 2-cell suite written here; the slow one runs ``experiments/
 
 from __future__ import annotations
 
+import dataclasses
+
+import json
 import os
 import re
 import subprocess
@@ -26,6 +29,7 @@ from bench.suite import load_suite
 REPO = Path(__file__).resolve().parents[1]
 METRIC_NAME = re.compile(r"^[/\w.\- ]*$")  # what MLflow accepts
 CELL_TAGS = ("suite", "run_key", "dataset", "defenses", "threat_models", "git_sha")
+OWNER_TAGS = ("host", "pid", "claimed_at", "heartbeat")  # who ran it: see bench/tracking.py, claims
 
 TINY = """\
 suite: tiny_e2e
@@ -73,6 +77,10 @@ def check_store(db: Path, suite_path: Path, tmp: Path) -> dict:
     assert len(parents) == 1, "one parent run per invocation"
     parent = parents[0]
     assert parent.data.tags.get("role") == "suite" and parent.info.status == "FINISHED"
+    assert all(parent.data.tags.get(t) for t in OWNER_TAGS)
+    # the cells this invocation planned (the report names planned cells that never got a run)
+    planned = json.loads(Path(client.download_artifacts(parent.info.run_id, "cells.json", str(tmp))).read_text(encoding="utf-8"))
+    assert {c["run_key"]: c["name"] for c in planned} == {k: c.name for k, c in cells.items()}
     assert len(children) == len(cells), "one child run per cell"
     assert {r.data.tags["run_key"] for r in children} == set(cells)
     for run in children:
@@ -83,7 +91,7 @@ def check_store(db: Path, suite_path: Path, tmp: Path) -> dict:
         assert run.info.status == "FINISHED", where
         assert tags["mlflow.parentRunId"] == parent.info.run_id and tags.get("role") == "cell"
         assert run.info.run_name == cell.name
-        for t in CELL_TAGS:
+        for t in CELL_TAGS + OWNER_TAGS:
             assert tags.get(t), f"{where}: tag {t} missing"
         assert tags["suite"] == suite.name and tags["dataset"] == cfg.data.name
         assert tags["defenses"] == ("+".join(d.name for d in cfg.defenses) or "none")
@@ -102,7 +110,9 @@ def check_store(db: Path, suite_path: Path, tmp: Path) -> dict:
         local = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp))
         logged = yaml.safe_load(Path(local).read_text(encoding="utf-8"))
         assert logged == cfg.to_dict()
-        assert parse_experiment(logged).run_key == tags["run_key"]
+        # with the data it used (the fingerprint is part of the cell's identity)
+        assert tags["data_fingerprint"] == cfg.data_fingerprint != ""
+        assert dataclasses.replace(parse_experiment(logged), data_fingerprint=tags["data_fingerprint"]).run_key == tags["run_key"]
     return {"client": client, "experiment": exp, "parent": parent, "children": children, "suite": suite, "runs": runs}
 
 

@@ -44,6 +44,13 @@ def _cell_runs(uri: str, suite: str):
     return client, runs
 
 
+def _running(uri: str, suite: str) -> bool:
+    try:
+        return any(r.info.status == "RUNNING" for r in _cell_runs(uri, suite)[1])
+    except Exception:  # the store or the experiment does not exist yet
+        return False
+
+
 def _histories(uri: str, suite: str) -> dict[str, dict[str, list[tuple[int, float]]]]:
     """run_key -> metric -> [(step, value)] of every FINISHED cell run, timings left out."""
     client, runs = _cell_runs(uri, suite)
@@ -169,27 +176,50 @@ def test_a_failing_cell_in_a_worker_ends_failed_and_the_others_finish(tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_leaves_no_half_runs_and_resume_completes(tmp_path):
+def test_ctrl_c_ends_claimed_cells_killed_and_resume_completes(tmp_path):
     suite = _suite_file(tmp_path, seeds=(0, 1, 2), rounds=40)
     uri = f"sqlite:///{tmp_path / 'c.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     cmd = [sys.executable, "-m", "bench", "run", suite, "-q", "--workers", "2"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.time() + 60
-    while time.time() < deadline and "executor:" not in (line := proc.stdout.readline()):
-        pass
-    time.sleep(3)  # cells are running in the workers
+    deadline = time.time() + 90
+    while time.time() < deadline and not _running(uri, "par"):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    time.sleep(1)  # cells are running in the workers
     os.killpg(proc.pid, signal.SIGINT)  # like Ctrl-C in a terminal: the whole process group
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     client, runs = _cell_runs(uri, "par")
-    assert all(r.info.status == "FINISHED" for r in runs)  # no RUNNING / FAILED half-runs
-    parent = client.search_runs([runs[0].info.experiment_id] if runs else [client.get_experiment_by_name("par").experiment_id], "tags.role = 'suite'")
+    # the cells in flight were claimed in the store (RUNNING) and end KILLED; nothing stays RUNNING
+    assert {r.info.status for r in runs} <= {"FINISHED", "KILLED"}
+    killed = [r for r in runs if r.info.status == "KILLED"]
+    assert killed and all(r.data.tags["error"].startswith("interrupted (SIGINT)") for r in killed)
+    parent = client.search_runs([client.get_experiment_by_name("par").experiment_id], "tags.role = 'suite'")
     assert [p.info.status for p in parent] == ["KILLED"]
-    done_before = len(runs)
+    done_before = sum(r.info.status == "FINISHED" for r in runs)
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert f"{done_before} already finished, {6 - done_before} to run" in out.stdout
     _, runs = _cell_runs(uri, "par")
-    keys = [r.data.tags["run_key"] for r in runs]
-    assert len(keys) == len(set(keys)) == 6 and all(r.info.status == "FINISHED" for r in runs)
+    keys = [r.data.tags["run_key"] for r in runs if r.info.status == "FINISHED"]
+    assert len(keys) == len(set(keys)) == 6
+    assert len(runs) == 6 + len(killed)  # the killed claims stay, as a record of the interruption
+
+
+@pytest.mark.slow
+def test_cells_are_claimed_only_when_a_worker_is_free():
+    """The executor asks for the next claim only when a worker is free, and skips refused claims."""
+    cfgs = [parse_experiment(tiny_raw(seed=s, train__rounds=1)) for s in range(3)]
+    tasks = [CellTask(i, f"c{i}", c.run_key, c) for i, c in enumerate(cfgs)]
+    events = []
+
+    def claim(task):
+        events.append(f"claim {task.index}")
+        return None if task.index == 1 else task  # cell 1: another process has it
+
+    executor = make_executor("local", 1, None)
+    for outcome in executor.run(tasks, claim=claim):
+        assert outcome.ok
+        events.append(f"out {outcome.task.index}")
+    assert events == ["claim 0", "out 0", "claim 1", "claim 2", "out 2"]

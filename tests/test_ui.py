@@ -142,7 +142,7 @@ def test_run_conventions():
                     "mlflow.source.git.commit": "0123456789abcdef"}
     assert "mlflow.source.git.commit" not in mv.source_tags("x.yaml", "unknown")
     assert mv.dataset_name("breast_cancer") == "breast_cancer"
-    assert mv.dataset_name("csv", "/data/site_a/cohort.csv") == "cohort"
+    assert mv.dataset_name("csv", "/data/site_a/cohort.csv") == "csv:cohort"
     fp = "sha256:" + "0123456789abcdef" * 4
     di = mv.dataset_input("cohort", fp, "/data/cohort.csv", profile={"num_sites": 4})
     assert di.dataset.name == "cohort" and di.dataset.digest == "0123456789ab" and di.dataset.source_type == "local"

@@ -15,6 +15,17 @@ from bench.types import ConfigError, DatasetInfo, Federation, GroundTruth, Recor
 DATASETS: Registry = Registry("dataset")
 
 from bench.data import csv_data, heart_disease, sklearn_sets  # noqa: E402,F401  (registration)
+from bench.data.csv_data import CsvReport, csv_report, describe_csv  # noqa: E402,F401  (for `validate --data`)
+
+
+def dataset_display_name(cfg) -> str:
+    """The name a reader sees for the data of ``cfg`` (a :class:`bench.config.DataConfig`) in
+    run names, tags, figure titles and MLflow dataset inputs: ``csv:<file stem>`` for a CSV
+    (``csv:patients`` for ``data/patients.csv``), else the dataset's registered name
+    (``breast_cancer``). ``DatasetInfo.name`` stays the registered name (``csv``): code keys
+    on it, people read this."""
+    hook = getattr(DATASETS.get(cfg.name), "display_name", None)
+    return cfg.name if hook is None else hook(cfg)
 
 
 def fingerprint(cfg) -> str:

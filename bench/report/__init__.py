@@ -42,11 +42,11 @@ from bench.report.fairness import fairness_report
 from bench.report.families import ATTACK_AXES, attack_names, headline
 from bench.report.figures import FIGURES, Figure, ReportContext, Skipped, _plt
 from bench.report.html import render_html, write_comparisons, write_summary
-from bench.report.load import CellRun, Setting, SuiteRuns, _store_access, group_settings, latest_per_key, load_suite_runs
+from bench.report.load import CellRun, LeftOut, Setting, SuiteRuns, _store_access, group_settings, latest_per_key, load_suite_runs
 from bench.report.stats import Difference, Estimate, paired_difference, pareto_by_verdicts, pareto_mask, t_interval, verdict
 
 __all__ = [
-    "ATTACK_AXES", "CellRun", "Comparison", "Difference", "Estimate", "Figure", "ReportResult", "Setting", "Skipped",
+    "ATTACK_AXES", "CellRun", "Comparison", "Difference", "Estimate", "Figure", "LeftOut", "ReportResult", "Setting", "Skipped",
     "SuiteRuns", "attack_names", "comparison_records", "group_settings", "headline", "latest_per_key", "load_suite_runs",
     "log_comparisons", "paired_comparisons", "paired_difference", "pairing_key", "pareto_by_verdicts", "pareto_mask",
     "t_interval", "verdict", "write_report",
@@ -69,6 +69,8 @@ class ReportResult:
     parent_run_id: Optional[str]
     settings: int
     comparisons: tuple[Comparison, ...] = ()
+    left_out: tuple[LeftOut, ...] = ()  # every cell not in the report: FAILED, KILLED, RUNNING or missing, with why
+    in_report: int = 0  # FINISHED cells the report is made of
 
 
 
@@ -110,8 +112,8 @@ def write_report(suite: str, tracking_uri: Optional[str] = None, out_dir: Option
         raise ConfigError(f"--tracking-uri {uri}: no such store (file {db} does not exist); run a suite first or pass the right --tracking-uri")
     client = MlflowClient(tracking_uri=uri)
     runs = load_suite_runs(client, suite, uri)
-    for c in runs.failed:
-        log.warning("cell %s %s (%s): left out of the report", c.name, c.status, c.tags.get("error", "no error tag"))
+    for c in runs.left_out:
+        log.info("cell %s %s (%s): left out of the report", c.name, c.status, c.reason)
     out = Path(out_dir) if out_dir else Path("results") / suite
     out.mkdir(parents=True, exist_ok=True)
     _clear_previous(out)
@@ -149,4 +151,5 @@ def write_report(suite: str, tracking_uri: Optional[str] = None, out_dir: Option
             client.log_artifact(runs.parent_run_id, str(out / f), "report")
     elif attach:
         log.warning("suite %s has no parent run; the report was not attached to MLflow", suite)
-    return ReportResult(out, tuple(files), figures, skipped, runs.failed, runs.parent_run_id if attach else None, len(settings), comparisons)
+    return ReportResult(out, tuple(files), figures, skipped, runs.failed, runs.parent_run_id if attach else None, len(settings), comparisons,
+                        runs.left_out, len(runs.cells))

@@ -51,8 +51,30 @@ class CellRun:
 
 
 @dataclass(frozen=True)
+class LeftOut:
+    """A cell of the suite that is not in the report, and why.
+
+    Attributes:
+        name: the cell's run name.
+        run_key: its ``run_key``.
+        status: ``FAILED``, ``KILLED`` (interrupted), ``RUNNING`` (still running somewhere) or
+            ``missing`` (planned by an invocation of the suite, but no run in the store).
+        reason: the run's ``error`` tag, who runs it, or why it is missing.
+    """
+
+    name: str
+    run_key: str
+    status: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class SuiteRuns:
-    """The cells of a suite: the latest FINISHED run per ``run_key``, and the failures left out."""
+    """The cells of a suite: the latest FINISHED run per ``run_key``, and the cells left out.
+
+    ``failed`` holds FAILED/KILLED cells without a FINISHED run; ``running`` the RUNNING ones;
+    ``missing`` the cells an invocation planned (its ``cells.json``) that have no run at all.
+    """
 
     suite: str
     uri: str
@@ -60,6 +82,17 @@ class SuiteRuns:
     parent_run_id: Optional[str]
     cells: tuple[CellRun, ...]
     failed: tuple[CellRun, ...]
+    running: tuple[CellRun, ...] = ()
+    missing: tuple[LeftOut, ...] = ()
+
+    @property
+    def left_out(self) -> tuple[LeftOut, ...]:
+        """Every cell not in the report, with its status and the reason."""
+        from bench.tracking import owner_text
+
+        out = [LeftOut(c.name, c.run_key, c.status, c.tags.get("error", "no error tag")) for c in self.failed]
+        out += [LeftOut(c.name, c.run_key, "RUNNING", f"running in {owner_text(c.tags)}") for c in self.running]
+        return tuple(out) + self.missing
 
 
 def _all_runs(client, experiment_id: str, filter_string: str) -> list:
@@ -106,6 +139,48 @@ def latest_per_key(runs: Iterable[CellRun]) -> tuple[tuple[CellRun, ...], tuple[
     return tuple(sorted(finished.values(), key=lambda r: r.start_time)), left_out
 
 
+def running_cells(runs: Iterable[CellRun], finished: Sequence[CellRun]) -> tuple[CellRun, ...]:
+    """RUNNING runs of keys that have no FINISHED run (one per key, the latest)."""
+    done = {c.run_key for c in finished}
+    latest: dict[str, CellRun] = {}
+    for r in sorted(runs, key=lambda r: r.start_time):
+        if r.status == "RUNNING" and r.run_key not in done:
+            latest[r.run_key] = r
+    return tuple(latest.values())
+
+
+# how many of the latest invocations' planned cells (``cells.json`` of their parent runs) count
+PLANNED_FROM_INVOCATIONS = 20
+
+
+def planned_cells(client, parents: Sequence) -> dict[str, str]:
+    """``run_key -> name`` of the cells the given parent runs set out to run (their ``cells.json``)."""
+    planned: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="privbench-cells-") as tmp:
+        for i, p in enumerate(parents[:PLANNED_FROM_INVOCATIONS]):
+            try:
+                local = client.download_artifacts(p.info.run_id, "cells.json", str(Path(tmp) / str(i)))
+                items = json.loads(Path(local).read_text(encoding="utf-8"))
+            except Exception as exc:  # an invocation from before cells.json, or an unreadable artifact
+                log.debug("cells.json of run %s: %s", p.info.run_id, exc)
+                continue
+            for item in items:
+                if isinstance(item, dict) and item.get("run_key"):
+                    planned.setdefault(str(item["run_key"]), str(item.get("name", item["run_key"])))
+    return planned
+
+
+def missing_cells(planned: Mapping[str, str], runs: Sequence[CellRun]) -> tuple[LeftOut, ...]:
+    """Planned cells with no run at all (neither by ``run_key`` nor by name)."""
+    keys = {r.run_key for r in runs}
+    names = {r.name for r in runs}
+    return tuple(
+        LeftOut(name, key, "missing", "no run in the store: never started, or its process was stopped before it began")
+        for key, name in planned.items()
+        if key not in keys and name not in names
+    )
+
+
 def load_suite_runs(client, suite: str, uri: str) -> SuiteRuns:
     """Read a suite's cells back from the tracking store.
 
@@ -122,8 +197,11 @@ def load_suite_runs(client, suite: str, uri: str) -> SuiteRuns:
     if not runs:
         raise ConfigError(f"--suite {suite!r}: the suite has no cell runs in {uri}; run it first with privbench run")
     cells, failed = latest_per_key(runs)
-    parents = client.search_runs([exp.experiment_id], filter_string="tags.role = 'suite'", order_by=["attributes.start_time DESC"], max_results=1)
-    return SuiteRuns(suite, uri, exp.experiment_id, parents[0].info.run_id if parents else None, cells, failed)
+    parents = client.search_runs([exp.experiment_id], filter_string="tags.role = 'suite'", order_by=["attributes.start_time DESC"],
+                                 max_results=PLANNED_FROM_INVOCATIONS)
+    missing = missing_cells(planned_cells(client, parents), runs)
+    return SuiteRuns(suite, uri, exp.experiment_id, parents[0].info.run_id if parents else None, cells, failed,
+                     running_cells(runs, cells), missing)
 
 
 
