@@ -11,10 +11,13 @@ Semantics match :func:`bench.federated.run_federated` + :class:`bench.training.P
 (same seeds streams ``("init",)``, ``("select", r)``, ``("train", site, r)``; shuffled
 mini-batches of ``batch_size``; SGD with momentum / weight decay, state reset each round;
 aggregation weights by sample count or uniform; ``server_lr``). ``tests/test_lira_rmia.py``
-checks that K = 1 with no defense reproduces ``run_federated`` exactly.
+checks that K = 1 with no defense reproduces ``run_federated`` exactly, and
+``tests/test_one_engine.py`` that it does for every stacked defense, noise on.
 
-Defenses are vectorised through :data:`VECTORIZED` (one entry per defense name). When a
-configured defense (or the optimizer) has no vectorised form, :class:`ReferenceCache`
+Defenses act on the ``(K, P)`` stack through their own stacked hooks (``defenses.base``:
+the same functions the target runs with K = 1; DP-SGD's local steps are ``bench.engine``'s,
+reached through ``DPSGD.private_gradient_stack``); :class:`VectorDefense` only adapts them.
+When a configured defense (or the optimizer) has no stacked form, :class:`ReferenceCache`
 falls back to the sequential ``simulate`` and says so in the log and in
 ``ReferenceSignals.method``.
 """
@@ -23,164 +26,106 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, vmap
 
 from bench.models import build_model, flatten
 from bench.registry import Registry
 from bench.seeding import Seeds
 from bench.types import ConfigError, Records, ReferenceSignals
-from defenses.clipping import clip_l2
 
 log = logging.getLogger(__name__)
 
 
-# --------------------------------------------------------------------------- vectorised defenses
+# --------------------------------------------------------------------------- defenses on stacks
 
 
 class VectorDefense:
-    """Vectorised counterpart of a :class:`defenses.base.Defense` acting on ``(K, P)`` stacks.
+    """A defense acting on K reference federations at once: a thin adapter over the defense's
+    own stacked hooks (``Defense.update_stack``, ``aggregate_noise_stack`` and, for dp_sgd,
+    ``private_gradient_stack``): the math is the defense's, written once, and the target runs
+    it with K = 1. What is specific to references is only which generators the hooks get.
 
     ``defense`` is the real defense instance after ``setup(facts)`` (so that derived values,
     e.g. dp_sgd's calibrated σ, come from the defense itself).
     """
 
-    uniform_weights = False
-
     def __init__(self, defense: Any) -> None:
         self.defense = defense
 
     @classmethod
-    def unsupported(cls, params: Any) -> Optional[str]:
-        """Why these parameters cannot be vectorised (None when they can)."""
-        return None
+    def unsupported(cls, defense_cls: Any, params: Any) -> Optional[str]:
+        """Why these parameters have no stacked form (None when they have one)."""
+        return defense_cls.stacked_unsupported(params)
 
-    def aggregate(self, updates: torch.Tensor, weights: torch.Tensor, gens: Sequence[torch.Generator]) -> Optional[torch.Tensor]:
+    def aggregate(self, updates: torch.Tensor, weights: torch.Tensor) -> Optional[torch.Tensor]:
         """Replace the weighted sum of ``updates`` (S, K, P) with ``weights`` (K, S), or None."""
         return None
 
     def private_step(self) -> Optional[Callable[..., torch.Tensor]]:
-        """Return a function replacing the mini-batch gradient with a private one, or None."""
-        return None
+        """The defense's stacked DP-SGD step ``(program, params, x, y, gens) -> (K, P)``, or None."""
+        return getattr(self.defense, "private_gradient_stack", None)
 
     def transform_update(self, updates: torch.Tensor, gens: Sequence[torch.Generator]) -> torch.Tensor:
-        return updates
+        return self.defense.update_stack(updates, gens)
 
     def transform_aggregate(self, aggregate: torch.Tensor, participants: torch.Tensor, gens: Sequence[torch.Generator]) -> torch.Tensor:
-        return aggregate
+        return self.defense.aggregate_noise_stack(aggregate, [int(m) for m in participants.sum(dim=1)], gens)
 
 
+#: adapters for defenses whose stacked form is not (yet) a method of the defense itself
 VECTORIZED: Registry = Registry("vectorised defense")
-
-
-@VECTORIZED.register("clipping")
-class VClipping(VectorDefense):
-    """``clipping``: each hospital's update clipped to L2 ``max_norm`` (as ``clip_l2``)."""
-
-    def transform_update(self, updates, gens):
-        return clip_l2(updates, self.defense.params.max_norm)
 
 
 @VECTORIZED.register("secure_aggregation")
 class VSecureAggregation(VectorDefense):
     """``secure_aggregation`` only hides updates; the sum it reveals equals the plain
     weighted sum of the weighted inputs clipped entrywise to ``clip_range`` (up to
-    fixed-point quantization, ~1e-9 at 32 bits), so references use that sum. Dropouts before
-    the masked input change the weights: not vectorised."""
+    fixed-point quantization, ~1e-9 at 32 bits), so references use that sum (checked against
+    the protocol in ``tests/test_one_engine.py``). Dropouts before the masked input change the
+    weights: not stacked. (``defenses/secure_aggregation.py`` runs the protocol itself; this
+    revealed-sum identity lives here until that module gains an ``aggregate_stack``.)"""
 
     @classmethod
-    def unsupported(cls, params):
+    def unsupported(cls, defense_cls, params):
         if params.excludes_inputs:  # dropout_fraction before the masked input, or `dropout` at share_keys/masked_input
             return "secure_aggregation with dropouts before the masked input"
         return None
 
-    def aggregate(self, updates, weights, gens):
-        r = self.defense.params.clip_range
-        return torch.clamp(weights.T.unsqueeze(-1) * updates, -r, r).sum(0)
-
-
-@VECTORIZED.register("client_dp")
-class VClientDP(VectorDefense):
-    """``client_dp`` with a fixed clip: client updates clipped to C, uniform weights, and
-    N(0, (σ·C/m)²) added to the mean on the server. Adaptive clipping (a data-dependent C
-    per round) is not vectorised."""
-
-    @classmethod
-    def unsupported(cls, params):
-        return "client_dp with adaptive clipping" if params.adaptive else None
+    def aggregate(self, updates, weights):
+        return revealed_sum(updates, weights, self.defense.params.clip_range)
 
     def transform_update(self, updates, gens):
-        return clip_l2(updates, self.defense.clip)
+        return updates
 
     def transform_aggregate(self, aggregate, participants, gens):
-        m = participants.sum(dim=1, keepdim=True).to(aggregate.dtype)  # (K, 1)
-        std = self.defense.update_z * self.defense.clip / m
-        noise = torch.stack([torch.normal(0.0, 1.0, size=(aggregate.shape[1],), generator=g) for g in gens])
-        return aggregate + noise * std
+        return aggregate
 
 
-@VECTORIZED.register("dp_sgd")
-class VDPSGD(VectorDefense):
-    """``dp_sgd``: Poisson sampling (rate q = b/n), per-sample clipping to C, Gaussian noise
-    of std σ·C on the sum, divided by the expected batch size round(q·n) — Opacus's
-    ``DPOptimizer`` semantics. σ per hospital comes from the defense (``noise_for``)."""
+def revealed_sum(updates: torch.Tensor, weights: torch.Tensor, clip_range: float) -> torch.Tensor:
+    """What secure aggregation reveals for K federations: Σ_s clamp(w_ks·u_sk, ±clip_range),
+    ``updates`` (S, K, P), ``weights`` (K, S) -> (K, P)."""
+    return torch.clamp(weights.T.unsqueeze(-1) * updates, -clip_range, clip_range).sum(0)
 
-    @classmethod
-    def unsupported(cls, params):
-        if params.sampling != "poisson":
-            return "dp_sgd with sampling=shuffle"
-        if params.group_clip is not None:
-            return "dp_sgd with group_clip (per-record clipping bounds are not vectorised)"
-        return None
 
-    def __init__(self, defense: Any) -> None:
-        super().__init__(defense)
-        self.sigmas: dict[int, float] = {}
-
-    def private_step(self):
-        return self._step
-
-    def _step(self, psg: Callable, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, n: int, b: int, gens) -> torch.Tensor:
-        p = self.defense.params
-        if n not in self.sigmas:  # calibrating to target_epsilon runs an accountant search: once per size
-            self.sigmas[n] = float(self.defense.noise_for(n))
-        sigma = self.sigmas[n]
-        q = min(1.0, b / max(n, 1))
-        k = params.shape[0]
-        # Poisson sample: every record of every reference joins with probability q. The K
-        # samples differ in size, so they are padded to the largest with weight-0 rows.
-        picked = [torch.nonzero(torch.rand(n, generator=g) < q).squeeze(1) for g in gens]
-        width = max(1, max(len(i) for i in picked))
-        idx = torch.zeros(k, width, dtype=torch.long)
-        weight = torch.zeros(k, width, dtype=params.dtype)
-        for j, i in enumerate(picked):
-            idx[j, : len(i)] = i
-            weight[j, : len(i)] = 1.0
-        rows = torch.arange(k)[:, None]
-        g_each = psg(params, x[rows, idx], y[rows, idx])  # (K, width, P) per-sample gradients
-        bound = p.max_grad_norm if not math.isinf(p.max_grad_norm) else 1e30
-        norms = torch.linalg.vector_norm(g_each, dim=-1, keepdim=True)
-        factor = torch.clamp(bound / (norms + 1e-6), max=1.0)
-        summed = (g_each * factor * weight.unsqueeze(-1)).sum(dim=1)
-        noise = torch.stack([torch.normal(0.0, sigma * bound, size=(params.shape[1],), generator=g) for g in gens])
-        return (summed + noise) / max(1, round(q * n))
+def _adapter(name: str) -> type:
+    return VECTORIZED.get(name) if name in VECTORIZED else VectorDefense
 
 
 def vectorizable(defenses: Sequence[tuple[str, Any]], optimizer: str) -> Optional[str]:
     """None when every ``(name, params)`` defense and the optimizer can be vectorised,
     else the reason why not."""
+    from bench.components import component_class
+
     if optimizer != "sgd":
         return f"optimizer {optimizer!r} has no vectorised form (sgd only)"
     for name, params in defenses:
-        if name not in VECTORIZED:
-            return f"defense {name!r} has no vectorised form"
-        why = VECTORIZED.get(name).unsupported(params)
+        why = _adapter(name).unsupported(component_class("defense", name), params)
         if why:
             return why
     return None
@@ -198,16 +143,6 @@ def _unflatten(model: torch.nn.Module) -> Callable[[torch.Tensor], dict[str, tor
         return {n: t.view(s) for n, t, s in zip(names, parts, shapes)}
 
     return unflat
-
-
-def _loss_fn(model: torch.nn.Module) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-    unflat = _unflatten(model)
-
-    def loss(flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = functional_call(model, unflat(flat), (x,))
-        return torch.nn.functional.cross_entropy(logits, y)
-
-    return loss
 
 
 def _batch_grad(model: torch.nn.Module) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -229,13 +164,6 @@ def _batch_grad(model: torch.nn.Module) -> Callable[[torch.Tensor, torch.Tensor,
         return g
 
     return batch_grad
-
-
-def _single_loss(loss):
-    def one(flat, x, y):
-        return loss(flat, x.unsqueeze(0), y.unsqueeze(0))
-
-    return one
 
 
 def train_many(
@@ -269,9 +197,7 @@ def train_many(
         if tuple(sr) != names or any(len(sr[n]) != sizes[n] for n in names):
             raise ValueError("train_many: every federation needs the same hospitals and sizes")
     model = build_model(info, model_cfg, torch.Generator().manual_seed(0))
-    loss = _loss_fn(model)
     batch_grad = _batch_grad(model)  # (K,P),(K,b,..),(K,b) -> (K,P)
-    psg = vmap(vmap(grad(_single_loss(loss)), in_dims=(None, 0, 0)))  # -> (K,n,P)
     roots = [Seeds(int(s)) for s in seeds]
     params = torch.stack([flatten(build_model(info, model_cfg, r.torch("init"))) for r in roots])
 
@@ -282,8 +208,13 @@ def train_many(
     vdefs = []
     for name, d in defenses:
         d.setup(facts)
-        vdefs.append(VECTORIZED.get(name)(d))
+        vdefs.append(_adapter(name)(d))
     private = next((v.private_step() for v in vdefs if v.private_step() is not None), None)
+    program = None
+    if private is not None:
+        from bench.engine import compile_model
+
+        program = compile_model(model)  # make_many_simulator checked that it compiles
     uniform = any(getattr(d, "uniform_weights", False) for _, d in defenses)
 
     xs = {n: torch.stack([sr[n].x for sr in site_records]) for n in names}  # (K, n, ...)
@@ -312,7 +243,7 @@ def train_many(
                     batches += [order[:, st : st + b] for st in range(0, n, b)]
             for idx in batches:
                 if idx is None:
-                    g = private(psg, local, xs[name], ys[name], n, b, gens)
+                    g = private(program, local, xs[name], ys[name], gens)
                 else:
                     g = batch_grad(local, xs[name][idx_k[:, None], idx], ys[name][idx_k[:, None], idx])
                 # torch.optim.SGD: d = g + wd·p; buf = mom·buf + d (buf = d on the first step)
@@ -329,7 +260,7 @@ def train_many(
         sz = torch.tensor([float(sizes[n]) for n in names])
         w = chosen.to(params.dtype) * (torch.ones(len(names)) if uniform else sz)  # (K, S)
         w = w / w.sum(dim=1, keepdim=True)
-        agg = next((a for a in (v.aggregate(updates, w, []) for v in vdefs) if a is not None), None)
+        agg = next((a for a in (v.aggregate(updates, w) for v in vdefs) if a is not None), None)
         if agg is None:
             agg = torch.einsum("ks,skp->kp", w, updates)
         for v in reversed(vdefs):
@@ -470,6 +401,13 @@ def make_many_simulator(cfg: Any, info: Any) -> tuple[Optional[Callable[..., tor
     reason = vectorizable([(s.name, s.params) for s in cfg.defenses], cfg.train.optimizer)
     if reason is not None:
         return None, reason
+    if any(s.name == "dp_sgd" for s in cfg.defenses):
+        from bench.engine import compile_model
+
+        try:  # the vectorised DP-SGD step is bench.engine's
+            compile_model(build_model(info, cfg.model, torch.Generator().manual_seed(0)))
+        except ValueError as exc:
+            return None, f"dp_sgd on a model bench.engine cannot compile ({exc})"
 
     def simulate_many(site_records: Sequence[Mapping[str, Records]], seeds: Sequence[int]) -> torch.Tensor:
         defenses = [(s.name, component_class("defense", s.name)(s.params)) for s in cfg.defenses]

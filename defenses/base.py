@@ -3,12 +3,19 @@
 A defense implements any of the hooks below. A list of defenses composes: client hooks
 (``wrap_local_training``, ``transform_update``) run in list order, server hooks
 (``transform_aggregate``) in reverse order; at most one defense replaces ``aggregate``.
+
+Each defense's math is written once, on a stack of K federations' updates ``(K, P)``
+(:meth:`Defense.update_stack`, :meth:`Defense.aggregate_noise_stack`, and for dp_sgd
+``private_gradient_stack``): its per-hospital hooks call them with K = 1, and LiRA/RMIA's
+reference federations (``bench.reference``) with K > 1. A defense without a stacked form
+(``has_stacked_form = False``, or :meth:`Defense.stacked_unsupported` says why) makes the
+references fall back to sequential target runs, visibly.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping, Optional
+from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence
 
 import torch
 
@@ -119,6 +126,33 @@ class Defense:
         """What the mechanism did, for the accountant (after training)."""
         return ()
 
+    # ---- the same math on a stack of K federations (the target is K = 1)
+    #: the hooks below (with ``private_gradient_stack`` where local training is wrapped) are
+    #: this defense's whole math; a defense that overrides no hook (the identity) needs none
+    has_stacked_form: ClassVar[bool] = False
+
+    @classmethod
+    def stacked_unsupported(cls, params: Any) -> Optional[str]:
+        """Why these parameters have no stacked form (None when they have one)."""
+        if cls.has_stacked_form:
+            return None
+        hooks = ("wrap_local_training", "transform_update", "aggregate", "transform_aggregate")
+        if any(getattr(cls, h) is not getattr(Defense, h) for h in hooks):
+            return f"defense {cls.name!r} has no vectorised form"
+        return None
+
+    def update_stack(self, updates: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """Client side on K federations' updates of one hospital, ``(K, P)`` -> ``(K, P)``;
+        ``generators``: one per federation (its ``transform_update`` stream)."""
+        return updates
+
+    def aggregate_noise_stack(
+        self, aggregate: torch.Tensor, num_participants: Sequence[int], generators: Sequence[torch.Generator]
+    ) -> torch.Tensor:
+        """Server side on K aggregates ``(K, P)``: federation k had ``num_participants[k]``
+        hospitals this round and draws from ``generators[k]`` (its ``("server", r)`` stream)."""
+        return aggregate
+
     def tags(self) -> dict[str, str]:
         """Run tags (e.g. a warning that the guarantee is weak)."""
         return {}
@@ -135,3 +169,12 @@ def weighted_sum(updates: Mapping[str, torch.Tensor], weights: Mapping[str, floa
     for n in names:
         out = out + weights[n] * updates[n]
     return out
+
+
+def on_rows(stacked: Callable[[torch.Tensor, Sequence[torch.Generator]], torch.Tensor], update: torch.Tensor,
+            generator: torch.Generator) -> torch.Tensor:
+    """A client hook from its stacked form: one update ``(P,)`` as a stack of one, or a
+    ``(K, P)`` stack as it is (``bench.federated.canary_client_sum`` passes stacks)."""
+    if update.dim() == 2:
+        return stacked(update, [generator] * update.shape[0])
+    return stacked(update.unsqueeze(0), [generator])[0]

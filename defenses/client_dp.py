@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from bench.types import ConfigError, DPEvent
-from defenses.base import DEFENSES, ClientContext, Defense, FederationFacts, ServerContext
+from defenses.base import DEFENSES, ClientContext, Defense, FederationFacts, ServerContext, on_rows
 from defenses.clipping import clip_l2
 
 log = logging.getLogger(__name__)
@@ -168,16 +168,34 @@ class ClientDP(Defense):
             # the client's clipped-count bit, centred: b - 1/2 has sensitivity 1/2
             norm = float(torch.linalg.vector_norm(update))
             self.bits[(ctx.round, ctx.site)] = (1.0 if norm <= self.clip else 0.0) - 0.5
-        return clip_l2(update, self.clip)
+        return on_rows(self.update_stack, update, ctx.generator)
 
     def stacks_updates(self) -> bool:
         return not self.params.adaptive  # adaptive clipping records one bit per call
 
+    # ---- the math, on a stack of K federations (the target: K = 1)
+    has_stacked_form = True
+
+    @classmethod
+    def stacked_unsupported(cls, params) -> Optional[str]:
+        # adaptive clipping: C moves with a noisy count, a per-federation state not stacked here
+        return "client_dp with adaptive clipping" if params.adaptive else None
+
+    def update_stack(self, updates: torch.Tensor, generators) -> torch.Tensor:
+        """Each row clipped to L2 norm C (the current C)."""
+        return clip_l2(updates, self.clip)
+
+    def aggregate_noise_stack(self, aggregate: torch.Tensor, num_participants, generators) -> torch.Tensor:
+        """Row k plus N(0, (σ·C/m_k)²) per coordinate, drawn from ``generators[k]``."""
+        rows = []
+        for a, m, g in zip(aggregate, num_participants, generators):
+            std = self.update_z * self.clip / int(m)
+            rows.append(a + torch.normal(0.0, 1.0, size=a.shape, generator=g, dtype=a.dtype) * std)
+        return torch.stack(rows)
+
     def transform_aggregate(self, aggregate: torch.Tensor, ctx: ServerContext) -> torch.Tensor:
         m = len(ctx.participants)
-        std = self.update_z * self.clip / m
-        noise = torch.normal(0.0, 1.0, size=aggregate.shape, generator=ctx.generator, dtype=aggregate.dtype) * std
-        out = aggregate + noise
+        out = self.aggregate_noise_stack(aggregate.unsqueeze(0), [m], [ctx.generator])[0]
         self.clip_history.append(self.clip)
         if self.params.adaptive:
             total = sum(self.bits.pop((ctx.round, s)) for s in ctx.participants)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from defenses.base import DEFENSES, ClientContext, Defense
+from defenses.base import DEFENSES, ClientContext, Defense, on_rows
 
 
 def clip_l2(update: torch.Tensor, max_norm: float) -> torch.Tensor:
@@ -36,8 +36,13 @@ class Clipping(Defense):
     def label(cls, params) -> str:
         return f"clipping(C={params.max_norm:g})"
 
+    has_stacked_form = True
+
+    def update_stack(self, updates: torch.Tensor, generators) -> torch.Tensor:
+        return clip_l2(updates, self.params.max_norm)
+
     def transform_update(self, update: torch.Tensor, ctx: ClientContext) -> torch.Tensor:
-        return clip_l2(update, self.params.max_norm)
+        return on_rows(self.update_stack, update, ctx.generator)
 
     def stacks_updates(self) -> bool:
         return True  # clip_l2 clips row by row

@@ -1,8 +1,12 @@
 """``dp_sgd``: record-level differential privacy inside each hospital (DP-SGD with Opacus).
 
-Abadi et al., "Deep Learning with Differential Privacy", CCS 2016; implementation by Opacus
-(``GradSampleModule`` for per-sample gradients, ``DPOptimizer`` for clipping and noise;
-Poisson batches drawn exactly as Opacus's ``UniformWithReplacementSampler`` draws them).
+Abadi et al., "Deep Learning with Differential Privacy", CCS 2016. The clipped, noised sums
+come from ``bench.engine`` by default (``grad_sample_mode: auto``/``engine``: ghost norms for
+Linear layers, per-layer rules for Conv2d/GroupNorm, no per-sample gradients stored) with
+Opacus's arithmetic and random stream; Opacus (``GradSampleModule`` for per-sample gradients,
+``DPOptimizer`` for clipping and noise) remains selectable (``ew``, ``hooks``, ``ghost``) and
+is the engine's oracle in the tests. Poisson batches are drawn exactly as Opacus's
+``UniformWithReplacementSampler`` draws them; Opacus's accountants give ε.
 
 ``group_clip``: group-aware clipping, the static form of DPSGD-F (Xu, Du, Wu, "Removing
 disparate impact on model accuracy in differentially private stochastic gradient descent",
@@ -116,6 +120,65 @@ def _group_clip_optimizer(base_cls):
     return GroupClipDPOptimizer
 
 
+#: ``grad_sample_mode`` values: ``auto`` (the engine for models it compiles, else Opacus ``ew``,
+#: tagged), ``engine`` (refuses models it cannot compile), and Opacus's ``ew``/``hooks``/``ghost``.
+GRAD_SAMPLE_MODES = ("auto", "engine", "ew", "hooks", "ghost")
+
+
+class EngineDPOptimizer:
+    """The engine path's stand-in for Opacus's ``DPOptimizer``: the same knobs, read at every step.
+
+    ``noise_multiplier``, ``max_grad_norm`` (the noise's scale: std = σ·max_grad_norm),
+    ``expected_batch_size`` and ``clip_bound`` (per-row bounds of group-aware clipping) mean
+    what they mean on ``DPOptimizer``, and :meth:`clip_and_accumulate` is Opacus's contract on
+    explicit per-sample rows ``p.grad_sample`` (adding Σ f_i g_i to ``p.summed_grad``). The
+    engine itself never materialises the records' rows: :class:`DPTrainer` computes their
+    clipped sum in closed form, *unless* ``clip_and_accumulate`` was replaced on this instance
+    (the clipping mutants of ``tests/mutants.py``, written against Opacus's optimizer): then it
+    computes explicit per-sample rows and calls the replacement, so a broken clip stays broken
+    under the engine and the audits can still catch it.
+    """
+
+    def __init__(self, original_optimizer: torch.optim.Optimizer, *, noise_multiplier: float, max_grad_norm: float,
+                 expected_batch_size: int) -> None:
+        self.original_optimizer = original_optimizer
+        self.params = [p for group in original_optimizer.param_groups for p in group["params"]]
+        self.noise_multiplier = noise_multiplier
+        self.max_grad_norm = max_grad_norm
+        self.expected_batch_size = expected_batch_size
+        self.clip_bound: Any = None
+        self.generator: Optional[torch.Generator] = None
+
+    def replaced_clipping(self) -> bool:
+        """Whether :meth:`clip_and_accumulate` was replaced on this instance."""
+        return "clip_and_accumulate" in vars(self)
+
+    def _get_flat_grad_sample(self, p: torch.Tensor) -> torch.Tensor:
+        return p.grad_sample  # Opacus's accessor, for code written against DPOptimizer
+
+    def clip_and_accumulate(self) -> None:
+        """Clip the rows ``p.grad_sample`` to ``clip_bound`` (else ``max_grad_norm``) jointly over
+        all parameters and add their sum to ``p.summed_grad`` (``bench.engine.clip_rows``)."""
+        from bench.engine import clip_rows
+
+        bound = self.clip_bound if self.clip_bound is not None else self.max_grad_norm
+        if isinstance(bound, torch.Tensor):
+            bound = bound.unsqueeze(0)
+        summed = clip_rows([p.grad_sample.to(p.dtype).unsqueeze(0) for p in self.params], bound)
+        for p, s in zip(self.params, summed):
+            p.summed_grad = s[0] if getattr(p, "summed_grad", None) is None else p.summed_grad + s[0]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.original_optimizer.zero_grad(set_to_none=set_to_none)
+        for p in self.params:
+            p.grad_sample = None
+            p.summed_grad = None
+
+    def step(self) -> None:
+        """The base optimizer's step on the ``p.grad`` the trainer set."""
+        self.original_optimizer.step()
+
+
 def sample_rate(n: int, batch_size: int) -> float:
     """Poisson sampling rate q = batch_size / n (capped at 1: full-batch steps)."""
     return min(1.0, batch_size / max(n, 1))
@@ -166,8 +229,12 @@ class DPTrainer:
         max_grad_norm: per-sample clipping bound C (``inf``: no clipping, needs σ = 0).
         sampling: ``"poisson"`` (each record joins each step with probability q; the
             accountant's assumption) or ``"shuffle"`` (PlainTrainer's batches; no ε).
-        grad_sample_mode: Opacus's per-sample gradient engine: ``"ew"`` (expanded weights),
-            ``"hooks"`` or ``"ghost"`` (ghost clipping; no per-sample gradients stored).
+        grad_sample_mode: ``"auto"`` (default: ``bench.engine`` for models it compiles, else
+            Opacus ``"ew"``, the reason kept in ``fallback_reason``), ``"engine"`` (refuses a
+            model it cannot compile, naming the layer), or Opacus's ``"ew"`` (expanded weights),
+            ``"hooks"`` or ``"ghost"`` (ghost clipping; no per-sample gradients stored). The
+            engine and Opacus draw the same Poisson batches and noise from ``generator`` and
+            give the same parameters to float rounding (``tests/test_one_engine.py``).
         clip_scales: group-aware clipping: one factor s_i ≥ 1 per record of ``plain.data``;
             record i is clipped to C·s_i. Needs ``max_scale``.
         max_scale: max_g s_g over every configured subgroup (not only those present here):
@@ -181,14 +248,10 @@ class DPTrainer:
         noise_multiplier: float,
         max_grad_norm: float,
         sampling: str = "poisson",
-        grad_sample_mode: str = "ew",
+        grad_sample_mode: str = "auto",
         clip_scales: Optional[torch.Tensor] = None,
         max_scale: float = 1.0,
     ) -> None:
-        from opacus import GradSampleModule
-        from opacus.grad_sample import GradSampleModuleExpandedWeights
-        from opacus.optimizers import DPOptimizer
-
         self.model: nn.Module = plain.model
         self.data = plain.data
         self.settings = plain.settings
@@ -206,7 +269,7 @@ class DPTrainer:
         self.max_scale = float(max_scale)
         if clip_scales is not None:
             if grad_sample_mode == "ghost" or math.isinf(self.max_grad_norm):
-                raise ConfigError("defenses.dp_sgd.group_clip: needs a finite max_grad_norm and grad_sample_mode ew or hooks")
+                raise ConfigError("defenses.dp_sgd.group_clip: needs a finite max_grad_norm and grad_sample_mode auto, engine, ew or hooks")
             if len(clip_scales) != n or float(clip_scales.max()) > self.max_scale + 1e-12 or float(clip_scales.min()) < 1:
                 raise ValueError("dp_sgd: clip_scales needs one factor in [1, max_scale] per record")
             self.row_bounds = (clip * clip_scales.to(torch.float64)).float()
@@ -221,7 +284,28 @@ class DPTrainer:
         )
         base_opt = make_optimizer(self.model.parameters(), self.settings)
         self.loss_fn = nn.CrossEntropyLoss()
-        if grad_sample_mode == "ghost":
+        if grad_sample_mode not in GRAD_SAMPLE_MODES:
+            raise ConfigError(f"defenses.dp_sgd.grad_sample_mode: got {grad_sample_mode!r}; expected one of {', '.join(GRAD_SAMPLE_MODES)}")
+        self.program = None  # bench.engine's compiled model (engine path), else None (Opacus)
+        self.fallback_reason: Optional[str] = None
+        if grad_sample_mode in ("auto", "engine"):
+            from bench.engine import compile_model
+
+            try:
+                self.program = compile_model(self.model)
+            except ValueError as exc:
+                if grad_sample_mode == "engine":
+                    raise ConfigError(f"defenses.dp_sgd.grad_sample_mode: 'engine' cannot run this model: {exc}; use ew or hooks") from None
+                self.fallback_reason = str(exc)
+                log.warning("dp_sgd: %s; using Opacus (grad_sample_mode ew) for this model", exc)
+                grad_sample_mode = "ew"
+        self.grad_sample_mode = "engine" if self.program is not None else grad_sample_mode  # the mode in use
+        if self.program is not None:
+            # no Opacus objects: the engine computes the clipped sums (bench.engine), this
+            # stand-in carries DPOptimizer's knobs and the base optimizer
+            self.module = self.model
+            self.optimizer = EngineDPOptimizer(base_opt, **{k: v for k, v in opt_kw.items() if k != "loss_reduction"})
+        elif grad_sample_mode == "ghost":
             # Ghost clipping (Li et al. 2022; Opacus "fast gradient clipping"): per-sample
             # norms from a first backward pass, clipped sum from a second one, without
             # materialising per-sample gradients (fast for wide layers).
@@ -237,6 +321,10 @@ class DPTrainer:
             self.optimizer = DPOptimizerFastGradientClipping(base_opt, **opt_kw)
             self.loss_fn = DPLossFastGradientClipping(self.module, self.optimizer, nn.CrossEntropyLoss(), "mean")
         else:
+            from opacus import GradSampleModule
+            from opacus.grad_sample import GradSampleModuleExpandedWeights
+            from opacus.optimizers import DPOptimizer
+
             if grad_sample_mode == "ew":
                 self.module = GradSampleModuleExpandedWeights(self.model, loss_reduction="mean")
             else:
@@ -319,6 +407,91 @@ class DPTrainer:
         self.optimizer.generator = generator
         x, y = self.data.x, self.data.y
         canary_rng = self.canaries.rng(self.rounds_taken) if self.canaries is not None else None
+        if self.program is not None:
+            steps, mean_loss = self._train_engine(generator, canary_rng)
+        else:
+            steps, mean_loss = self._train_opacus(generator, canary_rng)
+        self.steps_taken += steps
+        self.rounds_taken += 1
+        return LocalResult(params=flatten(self.model), num_steps=steps, num_samples=self.n, mean_loss=mean_loss)
+
+    def _train_engine(self, generator: torch.Generator, canary_rng) -> tuple[int, float]:
+        """One local round through ``bench.engine`` (the loop of ``bench.engine.local_dp_sgd``):
+        per step the same Poisson mask (``_batches``), the clipped sum in closed form, the
+        canaries' rows clipped to C, one normal draw per parameter from ``generator``."""
+        from bench.engine import clip_rows, clipped_sum, noisy_mean
+
+        opt = self.optimizer
+        explicit = opt.replaced_clipping()
+        params = opt.params
+        x, y = self.data.x, self.data.y
+        gens = [generator]
+        steps, total, counted = 0, 0.0, 0
+        for idx in self._batches(generator):
+            opt.zero_grad(set_to_none=True)
+            # read every step, as DPOptimizer does (the noise mutants change noise_multiplier)
+            noise_std = opt.noise_multiplier * opt.max_grad_norm
+            ebs = int(idx.numel()) if self.sampling == "shuffle" else opt.expected_batch_size
+            rows = self.canaries.rows(canary_rng) if self.canaries is not None else None
+            if rows is not None and len(rows[0]) == 0:
+                rows = None
+            if self.row_bounds is not None:
+                opt.clip_bound = self.row_bounds[idx]  # C·s_i for each sampled record
+            if explicit:
+                summed, losses = self._explicit_sum(idx, rows)
+            else:
+                bound = opt.clip_bound.unsqueeze(0) if opt.clip_bound is not None else opt.max_grad_norm
+                s = clipped_sum(self.program, [p.detach().unsqueeze(0) for p in params], x[idx].unsqueeze(0), y[idx].unsqueeze(0), bound)
+                summed, losses = s.grads, s.losses
+                if rows is not None:  # gradient canaries: clipped to C whatever the records' bounds
+                    extra = clip_rows([r.to(p.dtype).unsqueeze(0) for r, p in zip(rows, params)], self.clip)
+                    summed = tuple(e + g for e, g in zip(extra, summed))
+            if losses.numel():
+                total += float(losses.mean())
+                counted += 1
+            for p, g in zip(params, noisy_mean(summed, noise_std, ebs, gens)):
+                p.grad = g[0]
+            opt.step()
+            steps += 1
+        opt.zero_grad(set_to_none=True)
+        return steps, total / max(counted, 1)
+
+    def _explicit_sum(self, idx: torch.Tensor, rows) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """The clipped sum through ``optimizer.clip_and_accumulate`` on explicit per-sample rows
+        (``torch.func``), canaries first at C, then the records: the Opacus path's order. Only
+        when that method was replaced (see :class:`EngineDPOptimizer`)."""
+        from torch.func import functional_call, grad, vmap
+
+        opt = self.optimizer
+        names = [n for n, _ in self.model.named_parameters()]
+        values = {n: p.detach() for n, p in self.model.named_parameters()}
+        xb, yb = self.data.x[idx], self.data.y[idx]
+
+        def loss(p, xi, yi):
+            return nn.functional.cross_entropy(functional_call(self.model, p, (xi.unsqueeze(0),)), yi.unsqueeze(0))
+
+        with torch.no_grad():
+            losses = nn.functional.cross_entropy(self.model(xb), yb, reduction="none") if len(idx) else torch.zeros(0)
+        if len(idx):
+            per = vmap(grad(loss), in_dims=(None, 0, 0))(values, xb, yb)
+            record_rows = [per[n] for n in names]
+        else:
+            record_rows = [torch.zeros((0, *p.shape), dtype=p.dtype) for p in opt.params]
+        records_bound = opt.clip_bound
+        if rows is not None:
+            opt.clip_bound = self.clip
+            for p, r in zip(opt.params, rows):
+                p.grad_sample = r.to(p.dtype)
+            opt.clip_and_accumulate()
+            opt.clip_bound = records_bound
+        for p, r in zip(opt.params, record_rows):
+            p.grad_sample = r
+        opt.clip_and_accumulate()
+        summed = tuple((p.summed_grad if p.summed_grad is not None else torch.zeros_like(p)).detach().unsqueeze(0) for p in opt.params)
+        return summed, losses
+
+    def _train_opacus(self, generator: torch.Generator, canary_rng) -> tuple[int, float]:
+        x, y = self.data.x, self.data.y
         steps, total, counted = 0, 0.0, 0
         for idx in self._batches(generator):
             self.optimizer.zero_grad(set_to_none=True)
@@ -337,9 +510,7 @@ class DPTrainer:
             self._step(canary_rng)
             steps += 1
         self.optimizer.zero_grad(set_to_none=True)
-        self.steps_taken += steps
-        self.rounds_taken += 1
-        return LocalResult(params=flatten(self.model), num_steps=steps, num_samples=self.n, mean_loss=total / max(counted, 1))
+        return steps, total / max(counted, 1)
 
     def steps_per_round(self) -> int:
         """Local steps per round (the PlainTrainer interface)."""
@@ -382,6 +553,12 @@ class DPSGD(Defense):
     ``sampling: shuffle`` uses PlainTrainer's shuffled batches instead of Poisson sampling;
     the Poisson-subsampled accountant does not hold for it, so no ε is claimed (no DP events,
     tag ``dp_sgd_sampling=shuffle``). It exists to check equivalence with plain training.
+
+    ``grad_sample_mode`` chooses how the clipped sums are computed, not the mechanism (same
+    batches, same noise draws, same ε): ``auto`` (default) runs ``bench.engine`` on every
+    model it compiles (privbench's logreg, mlp, cnn) and Opacus ``ew`` otherwise, with the tag
+    ``dp_sgd_engine_fallback`` saying why; ``engine`` refuses such a model; ``ew``, ``hooks``,
+    ``ghost`` run Opacus.
     """
 
     name = "dp_sgd"
@@ -394,7 +571,7 @@ class DPSGD(Defense):
         target_epsilon: Optional[float] = field(default=None, metadata={"gt": 0})
         max_grad_norm: float = field(default=1.0, metadata={"gt": 0, "inf_ok": "no clipping, with noise_multiplier: 0"})
         sampling: Literal["poisson", "shuffle"] = "poisson"
-        grad_sample_mode: Literal["ew", "hooks", "ghost"] = "ew"
+        grad_sample_mode: Literal["auto", "engine", "ew", "hooks", "ghost"] = "auto"
         group_clip: Optional[GroupClip] = field(default=None, metadata={"omit_if_none": True})
 
     @classmethod
@@ -410,7 +587,7 @@ class DPSGD(Defense):
             if math.isinf(params.max_grad_norm) or params.grad_sample_mode == "ghost":
                 raise ConfigError(
                     "defenses.dp_sgd.group_clip: needs a finite max_grad_norm and per-sample gradients; "
-                    "use grad_sample_mode: ew or hooks"
+                    "use grad_sample_mode: ew or hooks (or auto / engine)"
                 )
         if (params.noise_multiplier is None) == (params.target_epsilon is None):
             raise ConfigError(
@@ -534,6 +711,43 @@ class DPSGD(Defense):
         self.sigmas[site] = sigma
         return wrapped
 
+    # ---- the math, on a stack of K federations (LiRA/RMIA's references; the target's
+    # DPTrainer runs the same bench.engine functions with K = 1)
+    has_stacked_form = True
+
+    @classmethod
+    def stacked_unsupported(cls, params) -> Optional[str]:
+        if params.sampling != "poisson":
+            return "dp_sgd with sampling=shuffle"
+        if params.group_clip is not None:
+            return "dp_sgd with group_clip (per-record clipping bounds of the population are not stacked)"
+        return None
+
+    def private_gradient_stack(
+        self, program: Any, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, generators: Sequence[torch.Generator]
+    ) -> torch.Tensor:
+        """One DP-SGD step of K federations of one hospital's size n: flat parameters ``(K, P)``,
+        records ``x`` ``(K, n, ...)``, ``y`` ``(K, n)``; returns the ``(K, P)`` private gradients.
+
+        ``bench.engine.flat_poisson_step``: each federation draws its Poisson mask (q = b/n) and
+        its noise (σ·C, σ = :meth:`noise_for`) from its own generator exactly as
+        :class:`DPTrainer` does, so federation k is the target pipeline with seed k.
+        """
+        from bench.engine import flat_poisson_step
+
+        n = int(y.shape[1])
+        sigmas = self.__dict__.setdefault("_stack_sigmas", {})
+        if n not in sigmas:  # calibrating to target_epsilon runs an accountant search: once per size
+            sigmas[n] = float(self.noise_for(n))
+        if self.facts is None:
+            raise RuntimeError("dp_sgd: setup() must run before private_gradient_stack()")
+        q = sample_rate(n, self.facts.batch_size)
+        bound = _NO_CLIP if math.isinf(self.params.max_grad_norm) else float(self.params.max_grad_norm)
+        return flat_poisson_step(
+            program, params, x, y, q=q, bound=bound, noise_std=sigmas[n] * bound,
+            expected_batch_size=max(1, round(q * n)), generators=generators,
+        )
+
     def dp_events(self) -> tuple[DPEvent, ...]:
         if self.params.sampling != "poisson":
             return ()
@@ -555,6 +769,10 @@ class DPSGD(Defense):
 
     def tags(self) -> dict[str, str]:
         out = {}
+        fell_back = {s: t.fallback_reason for s, t in self.trainers.items() if t.fallback_reason}
+        if fell_back:  # grad_sample_mode auto on a model the engine cannot compile: Opacus ew ran
+            site, why = next(iter(sorted(fell_back.items())))
+            out["dp_sgd_engine_fallback"] = f"opacus ew at {len(fell_back)} hospital(s), e.g. {site}: {why}"[:500]
         if self.params.sampling != "poisson":
             out["dp_sgd_sampling"] = "shuffle"
         if self.params.group_clip is not None:

@@ -7,21 +7,22 @@ from dataclasses import dataclass, field
 
 import torch
 
-from defenses.base import DEFENSES, ClientContext, Defense
+from defenses.base import DEFENSES, ClientContext, Defense, on_rows
+
+
+def top_k_rows(updates: torch.Tensor, keep_fraction: float) -> torch.Tensor:
+    """A new ``(K, P)`` stack keeping, in each row, its ``ceil(keep_fraction·P)``
+    largest-magnitude entries, zeros elsewhere (ties at the threshold broken by ``torch.topk``:
+    exactly k entries are kept per row)."""
+    d = updates.shape[1]
+    k = min(d, max(1, math.ceil(keep_fraction * d)))
+    idx = torch.topk(updates.abs(), k, dim=1, sorted=False).indices
+    return torch.zeros_like(updates).scatter_(1, idx, updates.gather(1, idx))
 
 
 def top_k(update: torch.Tensor, keep_fraction: float) -> torch.Tensor:
-    """A new tensor keeping the ``ceil(keep_fraction·d)`` largest-magnitude entries, zeros elsewhere.
-
-    Ties at the threshold are broken by ``torch.topk`` (exactly k entries are kept).
-    """
-    d = update.numel()
-    k = min(d, max(1, math.ceil(keep_fraction * d)))
-    flat = update.reshape(-1)
-    idx = torch.topk(flat.abs(), k, sorted=False).indices
-    out = torch.zeros_like(flat)
-    out[idx] = flat[idx]
-    return out.reshape(update.shape)
+    """:func:`top_k_rows` of one update of any shape (flattened), as a new tensor."""
+    return top_k_rows(update.reshape(1, -1), keep_fraction).reshape(update.shape)
 
 
 @DEFENSES.register("sparsify")
@@ -44,5 +45,13 @@ class Sparsify(Defense):
     def label(cls, params) -> str:
         return f"sparsify(keep={params.keep_fraction:g})"
 
+    has_stacked_form = True
+
+    def update_stack(self, updates: torch.Tensor, generators) -> torch.Tensor:
+        return top_k_rows(updates, self.params.keep_fraction)
+
     def transform_update(self, update: torch.Tensor, ctx: ClientContext) -> torch.Tensor:
-        return top_k(update, self.params.keep_fraction)
+        return on_rows(self.update_stack, update, ctx.generator)
+
+    def stacks_updates(self) -> bool:
+        return True  # top_k_rows keeps k entries of each row, with no state

@@ -162,3 +162,29 @@ def test_a_defense_that_stacks_updates_maps_rows_like_separate_calls(name, param
     one_by_one = torch.stack([d.transform_update(row, ctx()) for row in stack])
     assert torch.allclose(together, one_by_one, atol=1e-6)
     assert torch.equal(stack, before)  # pure: the input is not modified
+
+
+@pytest.mark.parametrize("name,params", STACK_CASES)
+def test_a_stacked_form_is_the_defense_itself_on_k_federations(name, params):
+    """Written once, on stacks: the stacked hooks that LiRA/RMIA's references use (K = 6) equal
+    the per-hospital hooks the target uses, federation by federation, each with its own
+    generator; a defense without one says why (references then fall back, visibly)."""
+    cls = DEFENSES.get(name)
+    why = cls.stacked_unsupported(cls.Params(**params))
+    if why is not None:
+        assert name in why
+        return
+    facts = FederationFacts(("a", "b"), {"a": 10, "b": 10}, 2, 1, 50, 1, 4, "rdp", None)
+    d = cls(cls.Params(**params))
+    d.setup(facts)
+    stack = torch.randn(6, 50, generator=torch.Generator().manual_seed(0)) * torch.tensor([[0.1], [1], [3], [0.5], [10], [0.01]])
+    gens = lambda: [torch.Generator().manual_seed(10 + k) for k in range(6)]  # noqa: E731
+    before = stack.clone()
+    together = d.update_stack(stack, gens())
+    one_by_one = torch.stack([d.transform_update(row, ClientContext("a", 1, 10, g)) for row, g in zip(stack, gens())])
+    assert torch.allclose(together, one_by_one, atol=1e-6) and torch.equal(stack, before)
+    noisy = d.aggregate_noise_stack(stack, [2] * 6, gens())
+    ref = cls(cls.Params(**params))
+    ref.setup(facts)
+    each = torch.stack([ref.transform_aggregate(row, ServerContext(1, ("a", "b"), g)) for row, g in zip(stack, gens())])
+    assert torch.allclose(noisy, each, atol=1e-6) and torch.equal(stack, before)

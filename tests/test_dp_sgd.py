@@ -58,7 +58,7 @@ def _per_sample_grads(model: nn.Module, params: torch.Tensor, data: Records) -> 
 # ------------------------------------------------------------------ equivalence
 
 
-@pytest.mark.parametrize("mode", ["ew", "hooks", "ghost"])
+@pytest.mark.parametrize("mode", ["engine", "ew", "hooks", "ghost"])
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_zero_noise_infinite_clip_equals_plain_training(mode, optimizer):
     """σ = 0, C = ∞ and PlainTrainer's batches (sampling: shuffle) give the plain model."""
@@ -127,7 +127,7 @@ def test_single_record_update_is_clipped_to_C():
     torch.testing.assert_close(step, -g * C / g.norm(), rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("mode", ["ew", "hooks", "ghost"])
+@pytest.mark.parametrize("mode", ["engine", "ew", "hooks", "ghost"])
 def test_every_per_sample_gradient_is_clipped_before_averaging(mode):
     """Full batch (q = 1), σ = 0: the step is −lr·mean_i clip_C(g_i); each clipped norm ≤ C."""
     n, C, lr = 24, 0.2, 1.0
@@ -143,7 +143,7 @@ def test_every_per_sample_gradient_is_clipped_before_averaging(mode):
     assert float((res.params - start).norm()) <= lr * C + 1e-6
 
 
-@pytest.mark.parametrize("mode", ["ew", "ghost"])
+@pytest.mark.parametrize("mode", ["engine", "ew", "ghost"])
 def test_noise_std_is_sigma_C_over_expected_batch(mode):
     """One full-batch step: (σ > 0 result) − (σ = 0 result) is N(0, (lr·σ·C/b)²) per coordinate."""
     n, C, sigma, lr = 20, 0.5, 2.0, 1.0
@@ -268,7 +268,7 @@ def test_epsilon_falls_as_noise_rises_end_to_end():
     assert eps[0] > eps[1] > eps[2]
 
 
-@pytest.mark.parametrize("mode", ["ew", "hooks", "ghost"])
+@pytest.mark.parametrize("mode", ["engine", "ew", "hooks", "ghost"])
 def test_empty_poisson_batches_still_take_a_noise_only_step(mode):
     """q = 1/3 on 3 records: about 30 % of steps sample nobody; they still count, and add only noise."""
     from opacus.utils.uniform_sampler import UniformWithReplacementSampler

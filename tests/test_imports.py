@@ -41,6 +41,13 @@ ALLOWED_BENCH_NAMES = {
     # crafts directions and DP-SGD only inserts what the federation carries
     ("bench.canaries", "insert_audit_canaries"),
     ("bench.canaries", "GradientCanarySampler"),
+    # DP-SGD's one implementation (issue 15): the same clipped sums, noise and Poisson steps for
+    # the target federation (K = 1) and the reference federations (K = 16) of bench/reference.py
+    ("bench.engine", "compile_model"),
+    ("bench.engine", "clipped_sum"),
+    ("bench.engine", "clip_rows"),
+    ("bench.engine", "noisy_mean"),
+    ("bench.engine", "flat_poisson_step"),
 }
 
 

@@ -137,13 +137,30 @@ def test_cell_logs_signals_once_and_roc_artifacts(caplog):
 
 
 def test_unvectorisable_defense_falls_back_to_sequential(caplog):
-    raw = tiny_raw(attacks=[{"name": "lira", "num_references": 2}], defenses=[{"name": "sparsify", "keep_fraction": 0.5}])
+    raw = tiny_raw(attacks=[{"name": "lira", "num_references": 2}], defenses=[{"name": "dp_sgd", "noise_multiplier": 1.0, "sampling": "shuffle"}])
     from bench.runner import run_in_memory
 
     with caplog.at_level("WARNING", logger="bench.reference"):
         m = run_in_memory(parse_experiment(raw)).metrics
-    assert "sequentially (defense 'sparsify' has no vectorised form)" in caplog.text
+    assert "sequentially (dp_sgd with sampling=shuffle)" in caplog.text
     assert m["cost/reference/K2/vectorized"] == 0.0
+
+
+def test_a_defense_class_without_a_stacked_form_is_refused_by_name():
+    """A defense that overrides a hook but writes no stacked form cannot be vectorised."""
+    from bench.reference import vectorizable
+    from defenses.base import Defense
+
+    class Odd(Defense):
+        name = "odd"
+
+        def transform_update(self, update, ctx):
+            return update * 2
+
+    assert Odd.stacked_unsupported(None) == "defense 'odd' has no vectorised form"
+    assert Defense.stacked_unsupported(None) is None  # the identity needs none
+    assert vectorizable([("sparsify", None), ("clipping", None)], "sgd") is None
+    assert vectorizable([], "adam") == "optimizer 'adam' has no vectorised form (sgd only)"
 
 
 def test_vectorised_dp_sgd_without_noise_or_clipping_is_plain_poisson_sgd():

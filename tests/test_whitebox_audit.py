@@ -132,7 +132,7 @@ def test_insertion_is_pure_and_only_truth_knows_which_went_in(tiny_cfg):
         ("dpsgd_audit", [{"name": "dp_sgd", "noise_multiplier": 1.0, "grad_sample_mode": "ghost"}], "ghost"),
         ("dpsgd_audit", [{"name": "dp_sgd", "noise_multiplier": 1.0, "sampling": "shuffle"}], "shuffle"),
         ("client_canary_audit", [{"name": "dp_sgd", "noise_multiplier": 1.0}], "add a client_dp defense"),
-        ("client_canary_audit", [{"name": "client_dp", "adaptive": True}], "adaptive"),
+        ("client_canary_audit", [{"name": "client_dp", "adaptive": True, "noise_multiplier": 1.0, "clip_count_stddev": 5.0}], "adaptive"),
     ],
 )
 def test_an_audit_refuses_a_cell_it_cannot_audit(attack, defenses, match):
