@@ -141,9 +141,10 @@ def render_html(runs: SuiteRuns, settings: Sequence[Setting], items: Sequence[Fi
         f"generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')}. Every number is a mean over seeds with its 95 % interval "
         "(Student t over seeds; with one seed the cell's own interval where it logged one). ε is shown with its δ.</p>",
     ]
-    if runs.failed:
-        lis = "".join(f"<li>{html.escape(c.name)}: {html.escape(c.tags.get('error', c.status))}</li>" for c in runs.failed)
-        parts.append(f"<div class='note'><b>{len(runs.failed)} cell(s) FAILED and are left out of this report</b> (rerun the suite to retry them):<ul>{lis}</ul></div>")
+    if runs.left_out:  # FAILED, KILLED, RUNNING (still running somewhere) or missing: never silently
+        lis = "".join(f"<li>{html.escape(c.name)}: <b>{html.escape(c.status)}</b> ({html.escape(c.reason)})</li>" for c in runs.left_out)
+        parts.append(f"<div class='note'><b>{len(runs.left_out)} cell(s) of the suite are left out of this report</b> "
+                     f"(rerun the suite to run them; a RUNNING cell may still be running elsewhere):<ul>{lis}</ul></div>")
     parts.append("<h2>What the paired comparisons say</h2><p class='reading'>Each defense setting against no defense on the same "
                  "seeds and splits; only differences whose 95 % interval excludes 0 are named. Nothing else is ranked.</p>")
     lines = verdict_lines(comparisons, lambda k: True)
