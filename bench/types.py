@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Optional
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where it is used: `import bench.cli` (privbench --version) stays torch-free
+    import torch
 
 ThreatModel = Literal["outsider", "server"]
 THREAT_MODELS: tuple[str, ...] = ("outsider", "server")
@@ -83,6 +85,8 @@ class Records:
         return int(self.ids.shape[0])
 
     def take(self, index: np.ndarray) -> "Records":
+        import torch
+
         idx = torch.as_tensor(np.asarray(index, dtype=np.int64))
         return Records(ids=self.ids[np.asarray(index, dtype=np.int64)], x=self.x[idx], y=self.y[idx])
 
@@ -90,6 +94,8 @@ class Records:
     def concat(parts: "list[Records]") -> "Records":
         if not parts:
             raise ValueError("no records to concatenate")
+        import torch
+
         return Records(
             ids=np.concatenate([p.ids for p in parts]),
             x=torch.cat([p.x for p in parts]),
@@ -237,6 +243,8 @@ class CanaryDirections:
 
     def rows(self, index: np.ndarray) -> torch.Tensor:
         """The unit vectors of canaries ``index`` as dense float32 rows, shape (len(index), P)."""
+        import torch
+
         index = np.asarray(index, dtype=np.int64)
         p = self.num_params
         if self.kind == "dirac":
@@ -258,6 +266,8 @@ class CanaryDirections:
 
     def project(self, v: torch.Tensor) -> np.ndarray:
         """⟨v, dᵢ⟩ for every canary i, shape (m,)."""
+        import torch
+
         v = v.detach().reshape(-1).to(torch.float64).numpy()
         if self.kind == "random":
             from scipy.fft import dct
@@ -384,7 +394,7 @@ class TrainingRecord:
 # --------------------------------------------------------------------------- views
 
 
-ModelFactory = Callable[[], torch.nn.Module]
+ModelFactory = Callable[[], "torch.nn.Module"]
 
 
 @dataclass(frozen=True)
