@@ -25,10 +25,16 @@ def test_version_does_not_import_torch():
     assert not {m for m in imported if m.split(".")[0] in HEAVY}
 
 
-def _schema(db: Path) -> list[tuple]:
+def _schema(db: Path) -> dict:
+    """Tables with their columns (name, type, not-null, primary key), indexes, and the migration version.
+    (Not the CREATE text: SQLite keeps an ALTER-added column's text as written, which may differ by formatting.)"""
     con = sqlite3.connect(db)
     try:
-        return sorted(con.execute("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'").fetchall())
+        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+        cols = {t: sorted((c[1], c[2].upper(), c[3], c[5]) for c in con.execute(f'PRAGMA table_info("{t}")')) for t in tables}
+        indexes = sorted(r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%'"))
+        version = con.execute("SELECT version_num FROM alembic_version").fetchall()
+        return {"columns": cols, "indexes": indexes, "version": version}
     finally:
         con.close()
 
