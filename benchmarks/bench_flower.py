@@ -92,8 +92,20 @@ def _tree_rss_kb(pid: int) -> int:
     return total
 
 
+LAST_CPU = [0.0]  # CPU seconds (user + system) of the last measured command and the children it waited for
+
+
+def _children_cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def measure(cmd: list[str], env=None) -> tuple[float, float, str]:
-    """(wall seconds, peak MiB of the whole process tree, stdout) of one command."""
+    """(wall seconds, peak MiB of the whole process tree, stdout) of one command; its CPU seconds
+    (user + system, the process and the descendants it reaped) are left in ``LAST_CPU[0]``."""
+    cpu0 = _children_cpu()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     peak = [0]
@@ -107,6 +119,7 @@ def measure(cmd: list[str], env=None) -> tuple[float, float, str]:
     th.start()
     out, _ = proc.communicate()
     wall = time.perf_counter() - t0
+    LAST_CPU[0] = _children_cpu() - cpu0
     th.join()
     if proc.returncode != 0:
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{out[-2000:]}")
@@ -126,6 +139,7 @@ def main() -> int:
     ap.add_argument("--flower-python", required=True, help="python of a venv with flwr[simulation] and torch")
     ap.add_argument("--flower-grid-cells", type=int, default=20, help="Flower grid cells actually run (the rest extrapolated)")
     ap.add_argument("--skip-quick", action="store_true", help="skip the quick-suite measurement")
+    ap.add_argument("--cell-only", action="store_true", help="only (a): one cell of 3 and 20 rounds, wall and CPU, vs Flower and a bare loop")
     args = ap.parse_args()
     if not os.environ.get("PRIVBENCH_DATA_DIR"):
         raise SystemExit("set PRIVBENCH_DATA_DIR to the folder of UCI's processed.*.data files")
@@ -137,10 +151,10 @@ def main() -> int:
     print(f"work dir {tmp}; CPUs {os.cpu_count()}; load {os.getloadavg()[0]:.1f}")
     results: dict = {}
 
-    def flower(cfg, tag: str) -> tuple[float, float, float]:
+    def flower(cfg, tag: str, script: str = fl_cell) -> tuple[float, float, float]:
         npz, res = tmp / f"{tag}.npz", tmp / f"{tag}.json"
         export_cell(cfg, npz)
-        wall, mem, _ = measure([args.flower_python, fl_cell, str(npz), str(res)])
+        wall, mem, _ = measure([args.flower_python, script, str(npz), str(res)])
         return wall, mem, json.loads(res.read_text())["accuracy"]
 
     # (a) one cell, 3 and 20 rounds
@@ -149,16 +163,28 @@ def main() -> int:
         cfg = load_suite(str(path)).cells[0].config
         uri = f"sqlite:///{tmp / f'one{rounds}.db'}"
         pw, pm, _ = measure(pb + [str(path), "--tracking-uri", uri])
+        pc = LAST_CPU[0]
         pacc = privbench_accuracy(uri, f"one{rounds}")[cfg.run_key]
-        # the same cell again into the now existing store (the everyday case: results/mlflow.db
-        # exists; a new SQLite store costs ~1-2 s of MLflow schema migrations once)
+        # the same cell again into the now existing store (the everyday case: results/mlflow.db exists)
         pw2, _, _ = measure(pb + [str(path), "--tracking-uri", uri, "--no-resume"])
+        pc2 = LAST_CPU[0]
         fw, fm, facc = flower(cfg, f"one{rounds}")
-        results[f"a{rounds}"] = dict(privbench_s=pw, privbench_existing_store_s=pw2, flower_s=fw, ratio=pw / fw, ratio_existing_store=pw2 / fw,
-                                     privbench_acc=pacc, flower_acc=facc, privbench_mib=pm, flower_mib=fm)
+        fc = LAST_CPU[0]
+        bw, _, bacc = flower(cfg, f"bare{rounds}", str(REPO / "benchmarks" / "bare_cell.py"))
+        bc = LAST_CPU[0]
+        results[f"a{rounds}"] = dict(privbench_s=pw, privbench_existing_store_s=pw2, flower_s=fw, bare_s=bw, ratio=pw / fw,
+                                     ratio_existing_store=pw2 / fw, privbench_cpu_s=pc, privbench_existing_store_cpu_s=pc2,
+                                     flower_cpu_s=fc, bare_cpu_s=bc, cpu_ratio=pc / fc, cpu_ratio_existing_store=pc2 / fc,
+                                     bare_ratio=pw2 / bw, privbench_acc=pacc, flower_acc=facc, bare_acc=bacc, privbench_mib=pm, flower_mib=fm)
         print(f"(a) 1 cell x {rounds:2d} rounds: privbench {pw:6.1f} s new store / {pw2:.1f} s existing store ({pm:.0f} MiB)  "
-              f"Flower {fw:6.1f} s ({fm:.0f} MiB)  ratio privbench/Flower {pw / fw:.3f} / {pw2 / fw:.3f} (target <= 0.5)  "
-              f"accuracy {pacc:.3f} vs {facc:.3f}")
+              f"Flower {fw:6.1f} s ({fm:.0f} MiB)  bare PyTorch {bw:.1f} s\n"
+              f"    wall: privbench/Flower {pw / fw:.3f} / {pw2 / fw:.3f} (target <= 0.5), privbench/bare {pw / bw:.2f} / {pw2 / bw:.2f} (target <= 1.5)\n"
+              f"    CPU:  privbench {pc:.1f} / {pc2:.1f} s, Flower {fc:.1f} s, bare {bc:.1f} s: privbench/Flower {pc / fc:.3f} / {pc2 / fc:.3f} "
+              f"(target <= 1.0)\n    accuracy {pacc:.3f} vs Flower {facc:.3f} vs bare {bacc:.3f}")
+
+    if args.cell_only:
+        print(json.dumps(results, indent=1))
+        return 0
 
     # (b) the grid: 20 cells
     path = suite_file(tmp, "grid", 3, SETTINGS, SEEDS)
