@@ -26,9 +26,52 @@ class LocalSettings:
 
 
 def make_optimizer(params, s: LocalSettings) -> torch.optim.Optimizer:
+    """A ``torch.optim`` optimizer (what Opacus's DPOptimizer wraps)."""
     if s.optimizer == "adam":
         return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
     return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+
+
+class LeanSGD:
+    """SGD with momentum and weight decay, step for step what ``torch.optim.SGD`` computes on CPU
+    (its single-tensor path: dampening 0, no Nesterov), without constructing a ``torch.optim``
+    object: the first of those imports ``torch._dynamo``, about a second of CPU per process
+    (benchmarks/bench_startup.py). tests/test_training.py checks it bit for bit against SGD.
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.buffers: list[Optional[torch.Tensor]] = [None] * len(self.params)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.detach_().zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            d_p = p.grad if self.weight_decay == 0 else p.grad.add(p, alpha=self.weight_decay)
+            if self.momentum != 0:
+                buf = self.buffers[i]
+                if buf is None:
+                    buf = self.buffers[i] = torch.clone(d_p).detach()
+                else:
+                    buf.mul_(self.momentum).add_(d_p)
+                d_p = buf
+            p.add_(d_p, alpha=-self.lr)
+
+
+def local_optimizer(params, s: LocalSettings):
+    """The optimizer of plain local training: :class:`LeanSGD` for SGD, ``torch.optim.Adam`` for Adam."""
+    if s.optimizer == "adam":
+        return make_optimizer(params, s)
+    return LeanSGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
 
 
 @dataclass(frozen=True)
@@ -86,7 +129,7 @@ class PlainTrainer:
             raise RuntimeError("gradient canaries are inserted by dp_sgd's trainer; plain training cannot audit them")
         load_flat(self.model, global_params)
         self.model.train()
-        opt = make_optimizer(self.model.parameters(), self.settings)
+        opt = local_optimizer(self.model.parameters(), self.settings)
         x, y = self.data.x, self.data.y
         n, b = len(self.data), self.settings.batch_size
         steps, total = 0, 0.0
