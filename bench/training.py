@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
@@ -42,7 +43,13 @@ class LeanSGD:
     def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0) -> None:
         self.params = [p for p in params if p.requires_grad]
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
-        self.buffers: list[Optional[torch.Tensor]] = [None] * len(self.params)
+        # as torch.optim: per-parameter state (the momentum buffer), reset by assigning a new mapping
+        self.state: dict = collections.defaultdict(dict)
+
+    @property
+    def param_groups(self) -> list[dict]:
+        """One group, as ``torch.optim`` lists them (Opacus-style wrappers read the parameters here)."""
+        return [{"params": self.params, "lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay}]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
@@ -53,14 +60,15 @@ class LeanSGD:
 
     @torch.no_grad()
     def step(self) -> None:
-        for i, p in enumerate(self.params):
+        for p in self.params:
             if p.grad is None:
                 continue
             d_p = p.grad if self.weight_decay == 0 else p.grad.add(p, alpha=self.weight_decay)
             if self.momentum != 0:
-                buf = self.buffers[i]
+                state = self.state[p]
+                buf = state.get("momentum_buffer")
                 if buf is None:
-                    buf = self.buffers[i] = torch.clone(d_p).detach()
+                    buf = state["momentum_buffer"] = torch.clone(d_p).detach()
                 else:
                     buf.mul_(self.momentum).add_(d_p)
                 d_p = buf

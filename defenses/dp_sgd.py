@@ -30,7 +30,7 @@ from torch import nn
 
 from bench.accounting import default_delta
 from bench.models import flatten, load_flat
-from bench.training import make_optimizer
+from bench.training import local_optimizer, make_optimizer
 from bench.types import ConfigError, DPEvent, LocalResult, safe_label
 from defenses.base import DEFENSES, Defense, FederationFacts
 
@@ -282,7 +282,7 @@ class DPTrainer:
             expected_batch_size=max(1, round(self.sample_rate * n)),
             loss_reduction="mean",
         )
-        base_opt = make_optimizer(self.model.parameters(), self.settings)
+        torch_opt = lambda: make_optimizer(self.model.parameters(), self.settings)  # noqa: E731 - Opacus wraps a torch.optim optimizer
         self.loss_fn = nn.CrossEntropyLoss()
         if grad_sample_mode not in GRAD_SAMPLE_MODES:
             raise ConfigError(f"defenses.dp_sgd.grad_sample_mode: got {grad_sample_mode!r}; expected one of {', '.join(GRAD_SAMPLE_MODES)}")
@@ -304,6 +304,7 @@ class DPTrainer:
             # no Opacus objects: the engine computes the clipped sums (bench.engine), this
             # stand-in carries DPOptimizer's knobs and the base optimizer
             self.module = self.model
+            base_opt = local_optimizer(self.model.parameters(), self.settings)  # (no torch.optim object: no torch._dynamo import)
             self.optimizer = EngineDPOptimizer(base_opt, **{k: v for k, v in opt_kw.items() if k != "loss_reduction"})
         elif grad_sample_mode == "ghost":
             # Ghost clipping (Li et al. 2022; Opacus "fast gradient clipping"): per-sample
@@ -318,7 +319,7 @@ class DPTrainer:
             self.module = GradSampleModuleFastGradientClipping(
                 self.model, loss_reduction="mean", max_grad_norm=clip, use_ghost_clipping=True
             )
-            self.optimizer = DPOptimizerFastGradientClipping(base_opt, **opt_kw)
+            self.optimizer = DPOptimizerFastGradientClipping(torch_opt(), **opt_kw)
             self.loss_fn = DPLossFastGradientClipping(self.module, self.optimizer, nn.CrossEntropyLoss(), "mean")
         else:
             from opacus import GradSampleModule
@@ -330,6 +331,7 @@ class DPTrainer:
             else:
                 self.module = GradSampleModule(self.model, loss_reduction="mean")
             opt_cls = _group_clip_optimizer(DPOptimizer) if self.row_bounds is not None else DPOptimizer
+            base_opt = torch_opt()
             self.optimizer = DPOptimizer(base_opt, **opt_kw) if opt_cls is DPOptimizer else opt_cls(base_opt, **opt_kw)
         self.canaries = None
         if getattr(plain, "canaries", None) is not None:

@@ -35,6 +35,7 @@ ALLOWED_BENCH_NAMES = {
     # DP-SGD builds the same local optimiser plain training uses (so zero noise and an
     # infinite clip equal plain training)
     ("bench.training", "make_optimizer"),
+    ("bench.training", "local_optimizer"),  # the same SGD as plain training, on the engine path
     # DP-SGD calibrates σ to a target ε at the same default δ the accountant uses
     ("bench.accounting", "default_delta"),
     # white-box audits: canary insertion lives in bench/ (DESIGN.md) so that the attack only

@@ -41,3 +41,23 @@ def test_lean_sgd_does_not_import_dynamo():
             "m(torch.zeros(1, 2)).sum().backward(); o.step(); print('torch._dynamo' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_resetting_state_restarts_momentum_like_torch():
+    import collections
+
+    def run(make):
+        g = torch.Generator().manual_seed(1)
+        p = torch.nn.Parameter(torch.randn(5, generator=g))
+        opt = make([p])
+        for s in range(6):
+            if s == 3:  # what DP-SGD's trainer does at the start of each round
+                opt.state = collections.defaultdict(dict)
+            p.grad = torch.randn(5, generator=g)
+            opt.step()
+        return p.detach().clone()
+
+    ours = run(lambda ps: LeanSGD(ps, lr=0.1, momentum=0.9))
+    torchs = run(lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9))
+    assert torch.equal(ours, torchs)
+    assert LeanSGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1).param_groups[0]["lr"] == 0.1
