@@ -22,7 +22,7 @@ every column alike), each the minimum over ``--repeats`` of the mean per step:
   plain ``loss.backward()`` (parameter gradients computed and discarded; Linear-only models).
 
 Then a local round (``--n`` records, Poisson q = 16/n, one epoch) of PlainTrainer vs
-DPTrainer (Opacus ew) vs ``bench.engine.local_dp_sgd``, and K = 16 federations in one
+DPTrainer with Opacus ew vs DPTrainer on the engine, and K = 16 federations in one
 ``poisson_step`` vs K = 1 (and vs 16 separate K = 1 calls).
 
 Time is each thread's CPU time (``time.thread_time``), which other processes on a shared
@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.config import ModelConfig
-from bench.engine import clip_factors, compile_model, local_dp_sgd, noisy_mean, poisson_step, private_gradient
+from bench.engine import clip_factors, compile_model, noisy_mean, poisson_step, private_gradient
 from bench.models import build_model, flatten
 from bench.training import LocalSettings, PlainTrainer
 from bench.types import DatasetInfo, Records
@@ -226,7 +226,7 @@ def per_step_table(iters: int, repeats: int) -> list[str]:
 def local_round_table(n: int, repeats: int) -> list[str]:
     from defenses.dp_sgd import DPTrainer
 
-    rows = [f"| local round (n={n}, q={B}/{n}, {-(-n // B)} steps) | plain ms | Opacus ew (DPTrainer) | engine (local_dp_sgd) |", "|---|---|---|---|"]
+    rows = [f"| local round (n={n}, q={B}/{n}, {-(-n // B)} steps) | plain ms | Opacus ew (DPTrainer) | engine (DPTrainer, grad_sample_mode engine) |", "|---|---|---|---|"]
     settings = LocalSettings(epochs=1, batch_size=B, optimizer="sgd", lr=0.05, momentum=0.9)
     for label, (info, cfg) in MODELS.items():
         g = torch.Generator().manual_seed(1)
@@ -234,20 +234,11 @@ def local_round_table(n: int, repeats: int) -> list[str]:
         start = flatten(fresh(info, cfg))
         plain = PlainTrainer(fresh(info, cfg), data, settings)
         dp = DPTrainer(PlainTrainer(fresh(info, cfg), data, settings), SIGMA, CLIP, "poisson", "ew")
-        model = fresh(info, cfg)
-        program = compile_model(model)
-        ebs = max(1, round(dp.sample_rate * n))
-
-        def engine_round():
-            with torch.no_grad():
-                torch.nn.utils.vector_to_parameters(start.clone(), model.parameters())
-            opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-            local_dp_sgd(program, model, opt, data.x, data.y, q=dp.sample_rate, steps=dp.round_steps, noise_std=SIGMA * CLIP,
-                         bound=CLIP, expected_batch_size=ebs, generator=torch.Generator().manual_seed(0))
+        engine = DPTrainer(PlainTrainer(fresh(info, cfg), data, settings), SIGMA, CLIP, "poisson", "engine")
 
         t = measure({"plain": lambda: plain.train(start, torch.Generator().manual_seed(0)),
                      "ew": lambda: dp.train(start, torch.Generator().manual_seed(0)),
-                     "engine": engine_round}, max(5, 400 // n), repeats)
+                     "engine": lambda: engine.train(start, torch.Generator().manual_seed(0))}, max(5, 400 // n), repeats)
         p = t["plain"]
         rows.append(f"| {label} | {p * 1e3:.2f} | {t['ew'] / p:.2f}x | **{t['engine'] / p:.2f}x** |")
         print(rows[-1], flush=True)

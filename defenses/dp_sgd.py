@@ -418,7 +418,7 @@ class DPTrainer:
         return LocalResult(params=flatten(self.model), num_steps=steps, num_samples=self.n, mean_loss=mean_loss)
 
     def _train_engine(self, generator: torch.Generator, canary_rng) -> tuple[int, float]:
-        """One local round through ``bench.engine`` (the loop of ``bench.engine.local_dp_sgd``):
+        """One local round through ``bench.engine`` (the engine path of this trainer):
         per step the same Poisson mask (``_batches``), the clipped sum in closed form, the
         canaries' rows clipped to C, one normal draw per parameter from ``generator``."""
         from bench.engine import clip_rows, clipped_sum, noisy_mean

@@ -20,12 +20,11 @@ from bench.engine import (
     compile_model,
     forward,
     gaussian_noise,
-    local_dp_sgd,
     poisson_batch,
     poisson_step,
     private_gradient,
 )
-from bench.models import build_model, flatten, load_flat
+from bench.models import build_model, flatten
 from bench.training import LocalSettings, PlainTrainer
 from bench.types import DatasetInfo, Records
 
@@ -318,20 +317,17 @@ def test_local_round_equals_opacus_dptrainer_with_noise(name):
     dp = DPTrainer(PlainTrainer(_model(name)[0], data, settings), sigma, clip, "poisson", "ew")
     expected = dp.train(start, torch.Generator().manual_seed(9))
 
-    load_flat(model, start)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.5)
-    steps, loss = local_dp_sgd(compile_model(model), model, opt, x, y, q=dp.sample_rate, steps=dp.round_steps,
-                               noise_std=sigma * clip, bound=clip, expected_batch_size=max(1, round(dp.sample_rate * n)),
-                               generator=torch.Generator().manual_seed(9))
+    got = DPTrainer(PlainTrainer(_model(name)[0], data, settings), sigma, clip, "poisson", "engine").train(start, torch.Generator().manual_seed(9))
+    steps, loss = got.num_steps, got.mean_loss
     assert steps == expected.num_steps
-    torch.testing.assert_close(flatten(model), expected.params, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got.params, expected.params, rtol=1e-5, atol=1e-6)
     assert loss == pytest.approx(expected.mean_loss, rel=1e-5)
 
 
 def test_gradient_canaries_join_the_clipped_sum_as_in_dptrainer():
     """The white-box audit's gradient canaries (extra per-sample rows, clipped to C, added
     before the noise) give the same round as DPTrainer._insert_canaries with Opacus."""
-    from bench.canaries import GradientCanarySampler, make_directions
+    from bench.canaries import make_directions
     from bench.types import InsertedCanaries
     from defenses.dp_sgd import DPTrainer
 
@@ -350,14 +346,8 @@ def test_gradient_canaries_join_the_clipped_sum_as_in_dptrainer():
     dp = DPTrainer(PlainTrainer(_model("mlp64")[0], data, settings, canaries=canaries), sigma, clip, "poisson", "ew")
     expected = dp.train(start, torch.Generator().manual_seed(9))
 
-    load_flat(model, start)
-    sampler = GradientCanarySampler(canaries, dp.sample_rate, clip, [p.shape for p in model.parameters()])
-    canary_rng = sampler.rng(0)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.5)
-    local_dp_sgd(compile_model(model), model, opt, x, y, q=dp.sample_rate, steps=dp.round_steps, noise_std=sigma * clip,
-                 bound=clip, expected_batch_size=max(1, round(dp.sample_rate * n)), generator=torch.Generator().manual_seed(9),
-                 canaries=lambda: sampler.rows(canary_rng))
-    torch.testing.assert_close(flatten(model), expected.params, rtol=1e-5, atol=1e-6)
+    got = DPTrainer(PlainTrainer(_model("mlp64")[0], data, settings, canaries=canaries), sigma, clip, "poisson", "engine")
+    torch.testing.assert_close(got.train(start, torch.Generator().manual_seed(9)).params, expected.params, rtol=1e-5, atol=1e-6)
     without = DPTrainer(PlainTrainer(_model("mlp64")[0], data, settings), sigma, clip, "poisson", "ew").train(start, torch.Generator().manual_seed(9))
     assert not torch.allclose(without.params, expected.params, atol=1e-4)  # the canaries did change the round
 
@@ -377,8 +367,5 @@ def test_group_clip_round_equals_dptrainer():
     dp = DPTrainer(PlainTrainer(_model("logreg")[0], data, settings), sigma, clip, "poisson", "hooks", clip_scales=scales, max_scale=3.0)
     expected = dp.train(start, torch.Generator().manual_seed(4))
 
-    load_flat(model, start)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    local_dp_sgd(compile_model(model), model, opt, x, y, q=dp.sample_rate, steps=dp.round_steps, noise_std=sigma * clip * 3.0,
-                 bound=dp.row_bounds, expected_batch_size=max(1, round(dp.sample_rate * n)), generator=torch.Generator().manual_seed(4))
-    torch.testing.assert_close(flatten(model), expected.params, rtol=1e-5, atol=1e-6)
+    got = DPTrainer(PlainTrainer(_model("logreg")[0], data, settings), sigma, clip, "poisson", "engine", clip_scales=scales, max_scale=3.0)
+    torch.testing.assert_close(got.train(start, torch.Generator().manual_seed(4)).params, expected.params, rtol=1e-5, atol=1e-6)
