@@ -26,21 +26,16 @@ EXIT_INTERRUPTED = 130
 log = logging.getLogger("privbench")
 
 
-def _dataset_name(data) -> str:
-    from bench.data import dataset_display_name
-
-    return dataset_display_name(data)
-
-
 def _cell_tags(suite, cell, source: Optional[Mapping[str, str]] = None) -> dict[str, str]:
     from bench.components import component_class
+    from bench.data import dataset_display_name
 
     cfg = cell.config
     tms = sorted({component_class("attack", a.name).threat_model for a in cfg.attacks})
     return {
         "suite": suite.name,
         "run_key": cell.run_key,
-        "dataset": _dataset_name(cfg.data),
+        "dataset": dataset_display_name(cfg.data),
         "model": cfg.model.name,
         "defenses": "+".join(d.name for d in cfg.defenses) or "none",
         "attacks": "+".join(a.name for a in cfg.attacks) or "none",
@@ -373,19 +368,9 @@ def _claim(args, tracker, progress: _Progress, name: str, tags: Mapping[str, str
     if got.run_id is None:
         progress.elsewhere.append((name, got.reason))
         bar.update(1)
-    elif cfg is not None and hasattr(tracker, "client"):
-        _log_dataset(tracker, got.run_id, cfg)
+    elif cfg is not None:
+        tracker.log_dataset(got.run_id, cfg)
     return got.run_id
-
-
-def _log_dataset(tracker, run_id: str, cfg) -> None:
-    from bench.mlflow_view import dataset_name, log_dataset_input
-
-    try:
-        log_dataset_input(tracker.client, run_id, dataset_name(cfg.data.name, cfg.data.path),
-                          cfg.data_fingerprint or "unknown", cfg.data.path)
-    except Exception as exc:  # noqa: BLE001 - the Dataset column is a convenience; the tag data_fingerprint has it
-        log.warning("could not log the dataset input of run %s: %s", run_id, exc)
 
 
 def _source_tags(args) -> dict[str, str]:
@@ -529,17 +514,6 @@ def _bars_keep_logs():
         logging.captureWarnings(False)
 
 
-def _write_view(tracker) -> None:
-    """Save the suite's runs view in MLflow (headline columns, grouped by setting): the link
-    `privbench ui` prints opens it. A failure here costs only the view, never a result."""
-    from bench.mlflow_view import write_suite_view
-
-    try:
-        write_suite_view(tracker.client, tracker.experiment_id)
-    except Exception as exc:  # noqa: BLE001 - the results are already logged
-        log.warning("could not save the suite's MLflow view (%s); `privbench ui` saves it again", exc)
-
-
 def cmd_run(args) -> int:
     with _sigterm_as_interrupt():
         return _cmd_run(args)
@@ -623,7 +597,7 @@ def _cmd_run(args) -> int:
         names = "; ".join(f"{n} ({why})" for n, why in progress.elsewhere)
         print(f"{len(progress.elsewhere)} cell(s) left to another privbench process on this store: {names}")
     print(_log_comparisons(tracker, suite.name))
-    _write_view(tracker)
+    tracker.save_view()
     where = "" if args.tracking_uri is None and "MLFLOW_TRACKING_URI" not in os.environ else f" --tracking-uri {tracker.uri}"
     print(f"next: `privbench ui{where}` to compare the runs, `privbench report --suite {suite.name}{where}` for the figures")
     if progress.failed:

@@ -580,6 +580,12 @@ class MemoryTracker:
     def parent_log(self) -> Optional[CellLog]:
         return None
 
+    def log_dataset(self, run_id: str, cfg) -> None:
+        """(MLflow's dataset inputs have no in-memory counterpart.)"""
+
+    def save_view(self) -> None:
+        """(No UI to save a view for.)"""
+
     def end_suite(self, status: str, reason: Optional[str] = None) -> None:
         for r in self.runs:
             if r.status == "RUNNING":
@@ -880,6 +886,27 @@ class MlflowTracker:
 
     def parent_log(self) -> Optional[CellLog]:
         return MlflowCellLog(self.client, self.parent_id, self._call) if self.parent_id else None
+
+    def log_dataset(self, run_id: str, cfg) -> None:
+        """The cell's data as an MLflow dataset input (the Dataset column: name and digest of
+        ``cfg.data_fingerprint``). A convenience: a failure is a warning."""
+        from bench.data import dataset_display_name
+        from bench.mlflow_view import log_dataset_input
+
+        try:  # (an outage is remembered by _call: the next write stops the suite)
+            self._call(log_dataset_input, self.client, run_id, dataset_display_name(cfg.data), cfg.data_fingerprint or "unknown", cfg.data.path)
+        except Exception as exc:  # noqa: BLE001 - the tag data_fingerprint holds the same
+            log.warning("could not log the dataset input of run %s: %s", run_id, exc)
+
+    def save_view(self) -> None:
+        """Save the suite's runs view (headline columns, grouped by setting) that `privbench ui`'s
+        link opens. A failure costs only the view, never a result: a warning."""
+        from bench.mlflow_view import write_suite_view
+
+        try:
+            self._call(write_suite_view, self.client, self.experiment_id)
+        except Exception as exc:  # noqa: BLE001 - the results are already logged
+            log.warning("could not save the suite's MLflow view (%s); `privbench ui` saves it again", exc)
 
     def end_suite(self, status: str, reason: Optional[str] = None) -> None:
         """End the parent run and any claim still open: KILLED after an interrupt, else FAILED,
