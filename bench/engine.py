@@ -477,6 +477,32 @@ def clipped_sum(
     return ClippedSum(tuple(out), norms, losses.detach())
 
 
+def summed_gradient(program: Program, params: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Σ_i ∂loss_i/∂θ of K models on their own batches, unclipped (plain SGD's gradient times
+    the batch size), per parameter ``(K, *shape)``: eᵀa and Σ e for Linear layers, the
+    per-sample rows summed for sampled layers. The reference federations' plain step for
+    models of Linear layers (``bench.reference.train_many``), where the hand-written backward
+    pass saves autograd's overhead; equals autograd's gradient up to float rounding."""
+    k, b = y.shape
+    if b == 0:
+        return zero_grads(program.shapes, k, params[0].dtype)
+    params = [p.detach() for p in params]
+    inputs, errs, _ = _errors(program, params, x, y, None)
+    out: list[Optional[torch.Tensor]] = [None] * len(program.shapes)
+    with torch.no_grad():
+        layers = [l for l in program.layers if l.kind != "stateless"]
+        for layer, a, e in zip(layers, inputs, errs):
+            if layer.kind == "linear":
+                out[layer.params[0]] = torch.bmm(e.transpose(1, 2), a)
+                if len(layer.params) == 2:
+                    out[layer.params[1]] = e.sum(1)
+            else:
+                gs = _per_sample_rows(layer, a, e) if program.fallback == "opacus" else _per_sample_func(layer, [params[i] for i in layer.params], a, e)
+                for i, g in zip(layer.params, gs):
+                    out[i] = g.sum(1)
+    return tuple(out)
+
+
 def clip_rows(rows: Sequence[torch.Tensor], bound: Bound) -> tuple[torch.Tensor, ...]:
     """Clip and sum explicit per-sample gradient rows (e.g. the audit's gradient canaries).
 

@@ -23,6 +23,7 @@ from bench.engine import (
     poisson_batch,
     poisson_step,
     private_gradient,
+    summed_gradient,
 )
 from bench.models import build_model, flatten
 from bench.training import LocalSettings, PlainTrainer
@@ -143,6 +144,23 @@ def _per_sample_rows(model, x, y):
         rows.append([p.grad.clone() for p in model.parameters()])
     model.zero_grad(set_to_none=True)
     return [torch.stack(r) for r in zip(*rows)]
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_summed_gradient_is_autograds_gradient_of_the_summed_loss(name):
+    """The references' plain step: unclipped Σ_i g_i of K = 3 models, each on its own batch,
+    equals autograd's gradient of each model's summed loss."""
+    models = [_model(name, seed=s)[0] for s in range(3)]
+    info = MODELS[name][0]
+    x, y = _data(info, B, k=3)
+    program = compile_model(models[0])
+    params = [torch.stack(ps) for ps in zip(*[[p.detach() for p in m.parameters()] for m in models])]
+    got = summed_gradient(program, params, x, y)
+    for k, m in enumerate(models):
+        m.zero_grad()
+        nn.functional.cross_entropy(m(x[k]), y[k], reduction="sum").backward()
+        for g, p in zip(got, m.parameters()):
+            torch.testing.assert_close(g[k], p.grad, rtol=1e-5, atol=1e-5)
 
 
 def test_clip_rows_is_opacus_clip_and_accumulate():
