@@ -37,7 +37,6 @@ import torch
 from torch.func import functional_call, vmap
 
 from bench.models import build_model, flatten
-from bench.registry import Registry
 from bench.seeding import Seeds
 from bench.types import ConfigError, Records, ReferenceSignals
 
@@ -49,9 +48,10 @@ log = logging.getLogger(__name__)
 
 class VectorDefense:
     """A defense acting on K reference federations at once: a thin adapter over the defense's
-    own stacked hooks (``Defense.update_stack``, ``aggregate_noise_stack`` and, for dp_sgd,
-    ``private_gradient_stack``): the math is the defense's, written once, and the target runs
-    it with K = 1. What is specific to references is only which generators the hooks get.
+    own stacked hooks (``Defense.update_stack``, ``aggregate_stack``,
+    ``aggregate_noise_stack`` and, for dp_sgd, ``private_gradient_stack``): the math is the
+    defense's, written once, and the target runs it with K = 1 (secure aggregation: the sum its
+    protocol reveals). What is specific to references is only which generators the hooks get.
 
     ``defense`` is the real defense instance after ``setup(facts)`` (so that derived values,
     e.g. dp_sgd's calibrated σ, come from the defense itself).
@@ -60,14 +60,9 @@ class VectorDefense:
     def __init__(self, defense: Any) -> None:
         self.defense = defense
 
-    @classmethod
-    def unsupported(cls, defense_cls: Any, params: Any) -> Optional[str]:
-        """Why these parameters have no stacked form (None when they have one)."""
-        return defense_cls.stacked_unsupported(params)
-
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor) -> Optional[torch.Tensor]:
         """Replace the weighted sum of ``updates`` (S, K, P) with ``weights`` (K, S), or None."""
-        return None
+        return self.defense.aggregate_stack(updates, weights)
 
     def private_step(self) -> Optional[Callable[..., torch.Tensor]]:
         """The defense's stacked DP-SGD step ``(program, params, x, y, gens) -> (K, P)``, or None."""
@@ -80,45 +75,6 @@ class VectorDefense:
         return self.defense.aggregate_noise_stack(aggregate, [int(m) for m in participants.sum(dim=1)], gens)
 
 
-#: adapters for defenses whose stacked form is not (yet) a method of the defense itself
-VECTORIZED: Registry = Registry("vectorised defense")
-
-
-@VECTORIZED.register("secure_aggregation")
-class VSecureAggregation(VectorDefense):
-    """``secure_aggregation`` only hides updates; the sum it reveals equals the plain
-    weighted sum of the weighted inputs clipped entrywise to ``clip_range`` (up to
-    fixed-point quantization, ~1e-9 at 32 bits), so references use that sum (checked against
-    the protocol in ``tests/test_one_engine.py``). Dropouts before the masked input change the
-    weights: not stacked. (``defenses/secure_aggregation.py`` runs the protocol itself; this
-    revealed-sum identity lives here until that module gains an ``aggregate_stack``.)"""
-
-    @classmethod
-    def unsupported(cls, defense_cls, params):
-        if params.excludes_inputs:  # dropout_fraction before the masked input, or `dropout` at share_keys/masked_input
-            return "secure_aggregation with dropouts before the masked input"
-        return None
-
-    def aggregate(self, updates, weights):
-        return revealed_sum(updates, weights, self.defense.params.clip_range)
-
-    def transform_update(self, updates, gens):
-        return updates
-
-    def transform_aggregate(self, aggregate, participants, gens):
-        return aggregate
-
-
-def revealed_sum(updates: torch.Tensor, weights: torch.Tensor, clip_range: float) -> torch.Tensor:
-    """What secure aggregation reveals for K federations: Σ_s clamp(w_ks·u_sk, ±clip_range),
-    ``updates`` (S, K, P), ``weights`` (K, S) -> (K, P)."""
-    return torch.clamp(weights.T.unsqueeze(-1) * updates, -clip_range, clip_range).sum(0)
-
-
-def _adapter(name: str) -> type:
-    return VECTORIZED.get(name) if name in VECTORIZED else VectorDefense
-
-
 def vectorizable(defenses: Sequence[tuple[str, Any]], optimizer: str) -> Optional[str]:
     """None when every ``(name, params)`` defense and the optimizer can be vectorised,
     else the reason why not."""
@@ -127,7 +83,7 @@ def vectorizable(defenses: Sequence[tuple[str, Any]], optimizer: str) -> Optiona
     if optimizer != "sgd":
         return f"optimizer {optimizer!r} has no vectorised form (sgd only)"
     for name, params in defenses:
-        why = _adapter(name).unsupported(component_class("defense", name), params)
+        why = component_class("defense", name).stacked_unsupported(params)
         if why:
             return why
     return None
@@ -185,7 +141,7 @@ def train_many(
         seeds: root seed of each federation (its streams as in ``run_federated``).
         info, model_cfg, train_cfg, privacy_cfg: as for the target.
         defenses: ``(name, fresh Defense instance)`` in the configured order; each must have
-            an entry in :data:`VECTORIZED`.
+            a stacked form (``Defense.stacked_unsupported`` is None).
     """
     from bench.federated import federation_facts
     from bench.types import Federation, Site
@@ -210,7 +166,7 @@ def train_many(
     vdefs = []
     for name, d in defenses:
         d.setup(facts)
-        vdefs.append(_adapter(name)(d))
+        vdefs.append(VectorDefense(d))
     private = next((v.private_step() for v in vdefs if v.private_step() is not None), None)
     from bench.engine import compile_model, join_flat, split_flat, summed_gradient
 

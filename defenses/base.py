@@ -5,8 +5,8 @@ A defense implements any of the hooks below. A list of defenses composes: client
 (``transform_aggregate``) in reverse order; at most one defense replaces ``aggregate``.
 
 Each defense's math is written once, on a stack of K federations' updates ``(K, P)``
-(:meth:`Defense.update_stack`, :meth:`Defense.aggregate_noise_stack`, and for dp_sgd
-``private_gradient_stack``): its per-hospital hooks call them with K = 1, and LiRA/RMIA's
+(:meth:`Defense.update_stack`, :meth:`Defense.aggregate_stack`,
+:meth:`Defense.aggregate_noise_stack`, and for dp_sgd ``private_gradient_stack``): its per-hospital hooks call them with K = 1, and LiRA/RMIA's
 reference federations (``bench.reference``) with K > 1. A defense without a stacked form
 (``has_stacked_form = False``, or :meth:`Defense.stacked_unsupported` says why) makes the
 references fall back to sequential target runs, visibly.
@@ -145,6 +145,12 @@ class Defense:
         """Client side on K federations' updates of one hospital, ``(K, P)`` -> ``(K, P)``;
         ``generators``: one per federation (its ``transform_update`` stream)."""
         return updates
+
+    def aggregate_stack(self, updates: torch.Tensor, weights: torch.Tensor) -> Optional[torch.Tensor]:
+        """Server side, for a defense that ``replaces_aggregation``: what the server learns
+        from K federations' updates ``(S, K, P)`` with FedAvg weights ``(K, S)``, as ``(K, P)``;
+        None: the plain weighted sum."""
+        return None
 
     def aggregate_noise_stack(
         self, aggregate: torch.Tensor, num_participants: Sequence[int], generators: Sequence[torch.Generator]

@@ -296,6 +296,22 @@ class SecureAggregation(Defense):
         )
         return torch.as_tensor(total, dtype=updates[names[0]].dtype)
 
+    # ---- references (K federations at once): the sum the protocol reveals, without running it
+    has_stacked_form = True
+
+    @classmethod
+    def stacked_unsupported(cls, params) -> Optional[str]:
+        if params.excludes_inputs:  # dropouts before the masked input re-weight each round's sum
+            return "secure_aggregation with dropouts before the masked input"
+        return None
+
+    def aggregate_stack(self, updates: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """What :meth:`aggregate` reveals, for K federations: Σ_s clamp(w_ks·u_sk, ±clip_range)
+        (the masks cancel; fixed-point quantization adds ≤ ~1e-9 at 32 bits), ``updates``
+        ``(S, K, P)``, ``weights`` ``(K, S)`` -> ``(K, P)``. Dropouts after the masked input
+        leave the sum unchanged. ``tests/test_one_engine.py`` checks it against the protocol."""
+        return torch.clamp(weights.T.unsqueeze(-1) * updates, -self.params.clip_range, self.params.clip_range).sum(0)
+
     def metrics(self) -> dict[str, float]:
         if not self.rounds:
             return {}
