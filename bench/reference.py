@@ -214,16 +214,22 @@ def train_many(
                     g = private(program, local, xs[name], ys[name], gens)
                 elif program is not None:
                     xb, yb = xs[name][idx_k[:, None], idx], ys[name][idx_k[:, None], idx]
-                    g = join_flat(summed_gradient(program, split_flat(local, program.shapes), xb, yb)) / idx.shape[1]
+                    g = join_flat(summed_gradient(program, split_flat(local, program.shapes), xb, yb)).div_(idx.shape[1])
                 else:
                     g = batch_grad(local, xs[name][idx_k[:, None], idx], ys[name][idx_k[:, None], idx])
-                # torch.optim.SGD: d = g + wd·p; buf = mom·buf + d (buf = d on the first step)
+                # torch.optim.SGD: d = g + wd·p; buf = mom·buf + d (buf = d on the first step);
+                # p -= lr·d. In place on fresh (K, P) tensors, and no add(alpha=): its vectorised
+                # loop may fuse the multiply-add where the scalar tail does not, so an entry's
+                # rounding would depend on its position, and K = 16 would not equal 16 × K = 1
                 if wd:
                     g = g + wd * local
                 if mom:
-                    buf = g if buf is None else mom * buf + g
+                    if buf is None:
+                        buf = g
+                    else:
+                        buf.mul_(mom).add_(g)
                     g = buf
-                local = local - lr * g
+                local.sub_(lr * g)
             upd = local - params
             for v in vdefs:
                 upd = v.transform_update(upd, [root.torch("defense", "vector", name, r) for root in roots])
