@@ -52,7 +52,7 @@ def cells(uri: str, suite: str) -> dict[tuple[str, int], dict[str, float]]:
 
 def compare(before: dict, after: dict):
     settings = sorted({s for s, _ in before} & {s for s, _ in after})
-    rows, counts = [], defaultdict(int)
+    rows, counts, within = [], defaultdict(int), defaultdict(set)
     for setting in settings:
         seeds = sorted({d for s, d in before if s == setting} & {d for s, d in after if s == setting})
         metrics = set.intersection(*(set(before[(setting, d)]) & set(after[(setting, d)]) for d in seeds))
@@ -72,10 +72,11 @@ def compare(before: dict, after: dict):
             limit = spread if spread > 0 else 1e-9 * max(1.0, abs(mean(b)))
             if abs(delta) <= limit:
                 counts["within the spread"] += 1
+                within[setting].add(m.split("/")[0] + "/" + m.split("/")[1] if m.count("/") else m)
             else:
                 counts["moved"] += 1
                 rows.append((setting, m, len(seeds), mean(b), mean(a), spread, delta))
-    return settings, counts, rows
+    return settings, counts, rows, within
 
 
 def main() -> None:
@@ -85,10 +86,14 @@ def main() -> None:
     ap.add_argument("--after", required=True, help="tracking URI of the store written after it")
     args = ap.parse_args()
     before, after = cells(args.before, args.suite), cells(args.after, args.suite)
-    settings, counts, rows = compare(before, after)
+    settings, counts, rows, within = compare(before, after)
     only = sorted({s for s, _ in before} ^ {s for s, _ in after})
     print(f"suite {args.suite}: {len(settings)} settings in both stores" + (f"; in one store only: {'; '.join(only)}" if only else ""))
     print("metrics (setting x metric, over the common seeds): " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if within:
+        print("changed but within the spread (setting: metric families):")
+        for setting, fams in sorted(within.items()):
+            print(f"  {setting}: {', '.join(sorted(fams))}")
     if rows:
         print("\n| setting | metric | seeds | before mean | after mean | before spread (sd) | change |")
         print("|---|---|---|---|---|---|---|")
