@@ -381,25 +381,34 @@ def _source_tags(args) -> dict[str, str]:
     return source_tags(args.suite, git_sha())
 
 
-def _run_here(args, suite, todo, tracker, bar, progress: _Progress) -> None:
-    """Cells one after another in this process, streaming metrics round by round."""
+def _run_here(args, suite, todo, tracker, bar, progress: _Progress, early=None) -> None:
+    """Cells one after another in this process, streaming metrics round by round (the first
+    one possibly from the child ``bench.early`` started before the store was open)."""
     from tqdm import tqdm
 
-    from bench.runner import run_cell
     from bench.tracking import StoreError
 
     source = _source_tags(args)
     for cell in todo:
         tags = _cell_tags(suite, cell, source)
+        mine = early if early is not None and early.run_key == cell.run_key else None
         run_id = _claim(args, tracker, progress, cell.name, tags, bar, cell.config)
         if run_id is None:
+            if mine is not None:
+                mine.cancel()  # another process took it
             continue
         rounds = tqdm(total=cell.config.train.rounds, desc="  rounds", leave=False, file=sys.stderr, disable=args.quiet)
         bar.set_postfix_str(cell.name[:60])
         try:
             with tracker.cell(cell.name, tags, run_id=run_id) as out:
-                result = run_cell(cell.config, out, on_round=lambda r: rounds.update(1),
-                                  on_phase=lambda name: rounds.set_description_str(f"  {name}"))
+                if mine is not None:
+                    result = mine.stream_into(out, on_round=lambda: rounds.update(1),
+                                              on_phase=lambda name: rounds.set_description_str(f"  {name}"))
+                else:
+                    from bench.runner import run_cell
+
+                    result = run_cell(cell.config, out, on_round=lambda r: rounds.update(1),
+                                      on_phase=lambda name: rounds.set_description_str(f"  {name}"))
             progress.rows[cell.index] = _finished_row(cell.name, result.metrics, result.tags)
         except (KeyboardInterrupt, SystemExit, StoreError):
             raise
@@ -522,12 +531,7 @@ def cmd_run(args) -> int:
 def _cmd_run(args) -> int:
     import time
 
-    import torch
-    from tqdm import tqdm
-
-    from bench.executors import CELL_THREADS, make_executor
     from bench.suite import filter_cells, load_suite
-    from bench.tracking import MlflowTracker, StoreError
 
     started = time.time()
     suite = filter_cells(load_suite(args.suite, args.set), args.only)  # all validation happens here
@@ -535,6 +539,25 @@ def _cmd_run(args) -> int:
         from bench.data import check_data
 
         check_data(c.config for c in suite.cells)  # missing or broken data fails here, before anything is logged
+    early = None
+    if args.executor == "local" and args.workers in (None, 1) and not args.address and suite.cells:
+        from bench import early as early_cells
+
+        early = early_cells.start(suite.cells[0])  # overlaps the store's set-up below (bench/early.py)
+    try:
+        return _run_validated(args, suite, started, early)
+    finally:
+        if early is not None:
+            early.cancel()  # not consumed (already finished, another process's, an error): dropped
+
+
+def _run_validated(args, suite, started: float, early) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from bench.executors import CELL_THREADS, make_executor
+    from bench.tracking import MlflowTracker, StoreError
+
     executor = None
     if args.executor != "local" or args.workers not in (None, 1) or args.address:
         executor = make_executor(args.executor, args.workers, args.address)  # bad options fail before logging
@@ -546,6 +569,8 @@ def _cmd_run(args) -> int:
         print(_reaped_line(reaped), file=sys.stderr)
     done = set() if args.no_resume else tracker.finished_keys(suite)
     todo = [c for c in suite.cells if c.run_key not in done]
+    if early is not None and (not todo or todo[0].run_key != early.run_key):
+        early.cancel()  # the first cell was finished before: the early start was wasted, not logged
     print(f"suite {suite.name!r}: {len(suite.cells)} cells, {len(suite.cells) - len(todo)} already finished, {len(todo)} to run")
     print(f"tracking: {tracker.uri}")
     if not todo:
@@ -563,7 +588,7 @@ def _cmd_run(args) -> int:
         torch.set_num_threads(CELL_THREADS)
         with _bars_keep_logs():
             if executor is None:
-                _run_here(args, suite, todo, tracker, bar, progress)
+                _run_here(args, suite, todo, tracker, bar, progress, early)
             else:
                 _run_elsewhere(args, suite, todo, tracker, bar, progress, executor)
     except KeyboardInterrupt as exc:
@@ -733,6 +758,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # MLflow configures its own loggers at import ("Creating initial MLflow database tables..."):
     # its chatter is shown only with -v
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "DEBUG" if args.verbose else "WARNING")
+    # MLflow 3 sends usage telemetry to its maintainers unless told not to. privbench runs
+    # offline next to clinical data: off unless the user set MLFLOW_DISABLE_TELEMETRY or DO_NOT_TRACK
+    if "DO_NOT_TRACK" not in os.environ:
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("mlflow", "alembic", "urllib3", "opacus"):
         logging.getLogger(noisy).setLevel(logging.WARNING if args.verbose else logging.ERROR)

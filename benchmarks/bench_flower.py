@@ -168,6 +168,9 @@ def main() -> int:
         # the same cell again into the now existing store (the everyday case: results/mlflow.db exists)
         pw2, _, _ = measure(pb + [str(path), "--tracking-uri", uri, "--no-resume"])
         pc2 = LAST_CPU[0]
+        # the same, with the first cell run in-process after the store is open (bench/early.py off)
+        pw3, _, _ = measure(pb + [str(path), "--tracking-uri", uri, "--no-resume"], env={**os.environ, "PRIVBENCH_EARLY_CELL": "0"})
+        pc3 = LAST_CPU[0]
         fw, fm, facc = flower(cfg, f"one{rounds}")
         fc = LAST_CPU[0]
         bw, _, bacc = flower(cfg, f"bare{rounds}", str(REPO / "benchmarks" / "bare_cell.py"))
@@ -175,12 +178,15 @@ def main() -> int:
         results[f"a{rounds}"] = dict(privbench_s=pw, privbench_existing_store_s=pw2, flower_s=fw, bare_s=bw, ratio=pw / fw,
                                      ratio_existing_store=pw2 / fw, privbench_cpu_s=pc, privbench_existing_store_cpu_s=pc2,
                                      flower_cpu_s=fc, bare_cpu_s=bc, cpu_ratio=pc / fc, cpu_ratio_existing_store=pc2 / fc,
-                                     bare_ratio=pw2 / bw, privbench_acc=pacc, flower_acc=facc, bare_acc=bacc, privbench_mib=pm, flower_mib=fm)
+                                     bare_ratio=pw2 / bw, no_early_s=pw3, no_early_cpu_s=pc3, no_early_bare_ratio=pw3 / bw,
+                                     no_early_cpu_ratio=pc3 / fc, privbench_acc=pacc, flower_acc=facc, bare_acc=bacc, privbench_mib=pm, flower_mib=fm)
         print(f"(a) 1 cell x {rounds:2d} rounds: privbench {pw:6.1f} s new store / {pw2:.1f} s existing store ({pm:.0f} MiB)  "
               f"Flower {fw:6.1f} s ({fm:.0f} MiB)  bare PyTorch {bw:.1f} s\n"
               f"    wall: privbench/Flower {pw / fw:.3f} / {pw2 / fw:.3f} (target <= 0.5), privbench/bare {pw / bw:.2f} / {pw2 / bw:.2f} (target <= 1.5)\n"
               f"    CPU:  privbench {pc:.1f} / {pc2:.1f} s, Flower {fc:.1f} s, bare {bc:.1f} s: privbench/Flower {pc / fc:.3f} / {pc2 / fc:.3f} "
-              f"(target <= 1.0)\n    accuracy {pacc:.3f} vs Flower {facc:.3f} vs bare {bacc:.3f}")
+              f"(target <= 1.0)\n    first cell in-process after the store opens (PRIVBENCH_EARLY_CELL=0, existing store): "
+              f"{pw3:.1f} s wall, {pc3:.1f} s CPU: /bare {pw3 / bw:.2f}, CPU/Flower {pc3 / fc:.3f}\n"
+              f"    accuracy {pacc:.3f} vs Flower {facc:.3f} vs bare {bacc:.3f}")
 
     if args.cell_only:
         print(json.dumps(results, indent=1))
