@@ -63,6 +63,58 @@ _BACKWARD: dict[type, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch
 }
 
 
+# Parameter-free layers whose backward kernel needs the (B, ...) layout: the target's (K = 1).
+_BACKWARD_SINGLE: dict[type, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    nn.AdaptiveAvgPool2d: lambda e, a, h: torch.ops.aten._adaptive_avg_pool2d_backward(e, a),
+}
+
+
+def _conv_ok(m: nn.Module) -> bool:
+    return type(m) is nn.Conv2d and m.padding_mode == "zeros" and not isinstance(m.padding, str)
+
+
+# Sampled layers run by hand in the target's layout: forward (keeping what the backward needs)
+# and the gradient with respect to the layer's input, with the kernels autograd itself calls.
+def _conv_forward(m, ps, a):
+    return F.conv2d(a, ps[0], ps[1] if len(ps) == 2 else None, m.stride, m.padding, m.dilation, m.groups), None
+
+
+def _conv_backward(m, ps, a, e, aux):
+    return torch.ops.aten.convolution_backward(e, a, ps[0], None, m.stride, m.padding, m.dilation, False, [0, 0], m.groups,
+                                               [True, False, False])[0]
+
+
+def _group_norm_forward(m, ps, a):
+    n, c = a.shape[:2]
+    out, mean, rstd = torch.native_group_norm(a, ps[0] if ps else None, ps[1] if len(ps) == 2 else None, n, c,
+                                              a[0, 0].numel(), m.num_groups, m.eps)
+    return out, (mean, rstd)
+
+
+def _group_norm_backward(m, ps, a, e, aux):
+    n, c = a.shape[:2]
+    mean, rstd = aux
+    return torch.ops.aten.native_group_norm_backward(e.contiguous(), a, mean, rstd, ps[0] if ps else None, n, c,
+                                                     a[0, 0].numel(), m.num_groups, [True, False, False])[0]
+
+
+_SAMPLED_MANUAL: dict[type, tuple[Callable, Callable]] = {
+    nn.Conv2d: (_conv_forward, _conv_backward),
+    nn.GroupNorm: (_group_norm_forward, _group_norm_backward),
+}
+
+
+def _manual_single_ok(layer: "Layer") -> bool:
+    m = layer.module
+    if layer.kind == "linear":
+        return True
+    if layer.kind == "stateless":
+        return type(m) in _BACKWARD or type(m) in _BACKWARD_SINGLE
+    if type(m) is nn.Conv2d:
+        return _conv_ok(m)
+    return type(m) is nn.GroupNorm and (m.affine or not layer.params)
+
+
 @dataclass(frozen=True)
 class Layer:
     """One leaf module of a sequential model.
@@ -91,13 +143,16 @@ class Program:
         shapes: every parameter's shape, in ``model.parameters()`` order.
         fallback: ``"opacus"`` or ``"func"``: how ``sampled`` layers get per-sample gradients.
         manual: every layer is ``linear`` or a parameter-free layer of :data:`_BACKWARD`: the
-            output gradients come from a hand-written backward pass (no autograd).
+            output gradients come from a hand-written backward pass (no autograd), K at a time.
+        manual_single: the same for the target's layout (K = 1) only, where Conv2d, GroupNorm
+            and adaptive average pooling have hand-written passes too (the CNN).
     """
 
     layers: tuple[Layer, ...]
     shapes: tuple[torch.Size, ...]
     fallback: str = "opacus"
     manual: bool = False
+    manual_single: bool = False
 
     @property
     def closed_form(self) -> bool:
@@ -152,7 +207,8 @@ def compile_model(model: nn.Module, fallback: str = "opacus") -> Program:
                     raise ValueError(f"engine: Opacus has no per-sample gradient for {type(m).__name__}; use fallback='func'")
             layers.append(Layer("sampled", m, idx, names))
     manual = all(l.kind == "linear" or (l.kind == "stateless" and type(l.module) in _BACKWARD) for l in layers)
-    return Program(tuple(layers), tuple(p.shape for p in model.parameters()), fallback, manual)
+    manual_single = all(_manual_single_ok(l) for l in layers)
+    return Program(tuple(layers), tuple(p.shape for p in model.parameters()), fallback, manual, manual_single)
 
 
 # --------------------------------------------------------------------------- forward, K models at once
@@ -323,6 +379,7 @@ def _errors(program, params, x, y, weight):
     (K, B, ...) layout, and the per-sample losses (K, B) (times ``weight``)."""
     fn = _errors_manual if program.manual else _errors_autograd
     if x.shape[0] == 1 and weight is None:
+        fn = _errors_manual if program.manual_single else fn
         inputs, errs, losses = fn(program, [p[0] for p in params], x[0], y[0], None, True)
         return [a.unsqueeze(0) for a in inputs], [e.unsqueeze(0) for e in errs], losses.unsqueeze(0)
     return fn(program, params, x, y, weight, False)
@@ -341,18 +398,23 @@ def _errors_autograd(program, params, x, y, weight, single):
 
 
 def _errors_manual(program, params, x, y, weight, single):
-    """As :func:`_errors_autograd` for Linear + :data:`_BACKWARD` layers, by hand: the
-    cross-entropy gradient is softmax − one-hot, a Linear layer passes e·W back, and the
-    activations use autograd's own backward kernels. Saves autograd's per-call overhead,
-    which dominates at these model sizes."""
+    """As :func:`_errors_autograd`, by hand: the cross-entropy gradient is softmax − one-hot, a
+    Linear layer passes e·W back, the activations use autograd's own backward kernels, and (in
+    the target's layout, ``program.manual_single``) Conv2d, GroupNorm and adaptive pooling pass
+    e back through ``convolution_backward``, ``native_group_norm_backward`` and
+    ``_adaptive_avg_pool2d_backward``, the kernels autograd calls. Saves autograd's per-call
+    overhead, which dominates at these model sizes."""
     with torch.no_grad():
         h, trace = x, []
         for layer in program.layers:
+            aux = None
             if layer.kind == "linear":
                 z = _linear([params[i] for i in layer.params], h, single)
+            elif layer.kind == "sampled":  # single layout only (manual_single)
+                z, aux = _SAMPLED_MANUAL[type(layer.module)][0](layer.module, [params[i] for i in layer.params], h)
             else:
                 z = _stateless(layer.module, h, single)
-            trace.append((layer, h, z))
+            trace.append((layer, h, z, aux))
             h = z
         logp = torch.log_softmax(h, dim=-1)
         yi = y.unsqueeze(-1)
@@ -363,18 +425,22 @@ def _errors_manual(program, params, x, y, weight, single):
             losses = losses * weight
             e = e * weight.unsqueeze(-1)
         inputs, errs = [], []
-        remaining = sum(1 for l in program.layers if l.kind == "linear")
-        for layer, a, z in reversed(trace):
+        remaining = sum(1 for l in program.layers if l.kind != "stateless")
+        for layer, a, z, aux in reversed(trace):
+            if layer.kind == "stateless":
+                rule = _BACKWARD.get(type(layer.module)) or _BACKWARD_SINGLE[type(layer.module)]
+                e = rule(e, a, z)
+                continue
+            inputs.append(a)
+            errs.append(e)
+            remaining -= 1
+            if remaining == 0:
+                break
+            ps = [params[i] for i in layer.params]
             if layer.kind == "linear":
-                inputs.append(a)
-                errs.append(e)
-                remaining -= 1
-                if remaining == 0:
-                    break
-                w = params[layer.params[0]]
-                e = e.mm(w) if single else torch.bmm(e, w)
+                e = e.mm(ps[0]) if single else torch.bmm(e, ps[0])
             else:
-                e = _BACKWARD[type(layer.module)](e, a, z)
+                e = _SAMPLED_MANUAL[type(layer.module)][1](layer.module, ps, a, e, aux)
     return inputs[::-1], errs[::-1], losses
 
 

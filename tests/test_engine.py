@@ -163,6 +163,24 @@ def test_summed_gradient_is_autograds_gradient_of_the_summed_loss(name):
             torch.testing.assert_close(g[k], p.grad, rtol=1e-5, atol=1e-5)
 
 
+def test_the_targets_cnn_backward_by_hand_equals_autograds():
+    """K = 1 (the target) runs the CNN's backward by hand (conv, group norm, pooling kernels);
+    every layer's output gradient and the losses equal autograd's."""
+    from bench import engine
+
+    model, info = _model("cnn")
+    program = compile_model(model)
+    assert program.manual_single and not program.manual  # K > 1 keeps autograd for the CNN
+    x, y = _data(info, B)
+    ps = [p.detach() for p in model.parameters()]
+    a1, e1, l1 = engine._errors_manual(program, ps, x, y, None, True)
+    a2, e2, l2 = engine._errors_autograd(program, ps, x, y, None, True)
+    assert len(e1) == len(e2) == 5
+    for u, v in zip(e1 + a1, e2 + a2):
+        torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(l1, l2)
+
+
 def test_clip_rows_is_opacus_clip_and_accumulate():
     """Extra per-sample rows (the audit's gradient canaries) are clipped as Opacus clips them."""
     from opacus import GradSampleModule
