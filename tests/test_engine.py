@@ -176,7 +176,7 @@ def test_the_targets_cnn_backward_by_hand_equals_autograds():
     a1, e1, l1 = engine._errors_manual(program, ps, x, y, None, True)
     a2, e2, l2 = engine._errors_autograd(program, ps, x, y, None, True)
     assert len(e1) == len(e2) == 5
-    for u, v in zip(e1 + a1, e2 + a2):
+    for u, v in zip([*e1, *a1], [*e2, *a2]):
         torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(l1, l2)
 
