@@ -113,7 +113,7 @@ def opacus_step(model, x, y, mode):
 def engine_step(model, x, y, manual=True):
     program = compile_model(model)
     if not manual:
-        program = dataclasses.replace(program, manual=False)
+        program = dataclasses.replace(program, manual=False, manual_single=False)
     params = list(model.parameters())
     opt = torch.optim.SGD(params, lr=1e-3)
     gen = torch.Generator().manual_seed(0)
@@ -210,9 +210,9 @@ def per_step_table(iters: int, repeats: int) -> list[str]:
             "hooks": opacus_step(fresh(info, cfg), x, y, "hooks"),
             "engine": engine_step(fresh(info, cfg), x, y),
         }
+        fns["engine/autograd"] = engine_step(fresh(info, cfg), x, y, manual=False)
         linear_only = cfg.name != "cnn"
         if linear_only:
-            fns["engine/autograd"] = engine_step(fresh(info, cfg), x, y, manual=False)
             fns["hooks+grad"] = hooks_grad_step(fresh(info, cfg), x, y)
             fns["full-bw-hooks"] = full_backward_hooks_step(fresh(info, cfg), x, y)
         t = measure(fns, iters, repeats)

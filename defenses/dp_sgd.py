@@ -428,6 +428,9 @@ class DPTrainer:
         params = opt.params
         x, y = self.data.x, self.data.y
         gens = [generator]
+        # views of the parameters as a stack of one model, made once: the optimizer updates the
+        # parameters in place, so the views always read the current values
+        stack = [p.detach().unsqueeze(0) for p in params]
         steps, total, counted = 0, 0.0, 0
         for idx in self._batches(generator):
             opt.zero_grad(set_to_none=True)
@@ -443,7 +446,7 @@ class DPTrainer:
                 summed, losses = self._explicit_sum(idx, rows)
             else:
                 bound = opt.clip_bound.unsqueeze(0) if opt.clip_bound is not None else opt.max_grad_norm
-                s = clipped_sum(self.program, [p.detach().unsqueeze(0) for p in params], x[idx].unsqueeze(0), y[idx].unsqueeze(0), bound)
+                s = clipped_sum(self.program, stack, x[idx].unsqueeze(0), y[idx].unsqueeze(0), bound)
                 summed, losses = s.grads, s.losses
                 if rows is not None:  # gradient canaries: clipped to C whatever the records' bounds
                     extra = clip_rows([r.to(p.dtype).unsqueeze(0) for r, p in zip(rows, params)], self.clip)
