@@ -63,7 +63,10 @@ _BACKWARD: dict[type, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch
 }
 
 
-# Parameter-free layers whose backward kernel needs the (B, ...) layout: the target's (K = 1).
+_ELEMENTWISE_BACKWARD = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Identity)
+
+# Parameter-free layers whose backward kernel needs images as (B, C, H, W) (the target's layout,
+# or K models as groups of channels).
 _BACKWARD_SINGLE: dict[type, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
     nn.AdaptiveAvgPool2d: lambda e, a, h: torch.ops.aten._adaptive_avg_pool2d_backward(e, a),
 }
@@ -73,35 +76,77 @@ def _conv_ok(m: nn.Module) -> bool:
     return type(m) is nn.Conv2d and m.padding_mode == "zeros" and not isinstance(m.padding, str)
 
 
-# Sampled layers run by hand in the target's layout: forward (keeping what the backward needs)
-# and the gradient with respect to the layer's input, with the kernels autograd itself calls.
-def _conv_forward(m, ps, a):
-    return F.conv2d(a, ps[0], ps[1] if len(ps) == 2 else None, m.stride, m.padding, m.dilation, m.groups), None
+# Sampled layers run by hand: forward (keeping what the backward needs) and the gradient with
+# respect to the layer's input, with the kernels autograd itself calls. ``k`` is None in the
+# target's layout (B, C, H, W); for K models it is K, and images are laid out as K groups of
+# channels, (B, K·C, H, W): a convolution with K times its groups, a group norm with K times its
+# groups, each model's weights stacked along the channels, compute all K models in one call.
+def _grouped(t: torch.Tensor, k: Optional[int]) -> torch.Tensor:
+    return t if k is None else t.reshape(-1, *t.shape[2:])
 
 
-def _conv_backward(m, ps, a, e, aux):
-    return torch.ops.aten.convolution_backward(e, a, ps[0], None, m.stride, m.padding, m.dilation, False, [0, 0], m.groups,
-                                               [True, False, False])[0]
+def _conv_forward(m, ps, a, k):
+    bias = _grouped(ps[1], k) if len(ps) == 2 else None
+    return F.conv2d(a, _grouped(ps[0], k), bias, m.stride, m.padding, m.dilation, m.groups * (k or 1)), None
 
 
-def _group_norm_forward(m, ps, a):
+def _conv_backward(m, ps, a, e, aux, k):
+    return torch.ops.aten.convolution_backward(e, a, _grouped(ps[0], k), None, m.stride, m.padding, m.dilation, False, [0, 0],
+                                               m.groups * (k or 1), [True, False, False])[0]
+
+
+def _group_norm_forward(m, ps, a, k):
     n, c = a.shape[:2]
-    out, mean, rstd = torch.native_group_norm(a, ps[0] if ps else None, ps[1] if len(ps) == 2 else None, n, c,
-                                              a[0, 0].numel(), m.num_groups, m.eps)
+    out, mean, rstd = torch.native_group_norm(a, _grouped(ps[0], k) if ps else None, _grouped(ps[1], k) if len(ps) == 2 else None,
+                                              n, c, a[0, 0].numel(), m.num_groups * (k or 1), m.eps)
     return out, (mean, rstd)
 
 
-def _group_norm_backward(m, ps, a, e, aux):
+def _group_norm_backward(m, ps, a, e, aux, k):
     n, c = a.shape[:2]
     mean, rstd = aux
-    return torch.ops.aten.native_group_norm_backward(e.contiguous(), a, mean, rstd, ps[0] if ps else None, n, c,
-                                                     a[0, 0].numel(), m.num_groups, [True, False, False])[0]
+    return torch.ops.aten.native_group_norm_backward(e.contiguous(), a, mean, rstd, _grouped(ps[0], k) if ps else None, n, c,
+                                                     a[0, 0].numel(), m.num_groups * (k or 1), [True, False, False])[0]
 
 
 _SAMPLED_MANUAL: dict[type, tuple[Callable, Callable]] = {
     nn.Conv2d: (_conv_forward, _conv_backward),
     nn.GroupNorm: (_group_norm_forward, _group_norm_backward),
 }
+
+
+def _to_groups(x: torch.Tensor) -> torch.Tensor:
+    """(K, B, C, H, W) -> (B, K·C, H, W): the K models' images as groups of channels."""
+    k, b = x.shape[:2]
+    return x.transpose(0, 1).reshape(b, k * x.shape[2], *x.shape[3:])
+
+
+def _from_groups(t: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, K·C, ...) -> (K, B, C, ...) (a view)."""
+    return t.view(t.shape[0], k, t.shape[1] // k, *t.shape[2:]).transpose(0, 1)
+
+
+def _grouped_ok(layers: Sequence["Layer"]) -> bool:
+    """Whether K models can run by hand as groups of channels: image layers (Conv2d, GroupNorm,
+    elementwise activations, adaptive pooling) up to one ``Flatten``, then Linear layers and
+    elementwise activations (privbench's cnn)."""
+    if not any(l.kind == "sampled" for l in layers):
+        return False
+    images = True
+    for l in layers:
+        m = l.module
+        if images:
+            if l.kind == "linear":
+                return False
+            if type(m) is nn.Flatten:
+                if not (m.start_dim == 1 and m.end_dim == -1):
+                    return False
+                images = False
+            elif l.kind == "stateless" and not (type(m) in _ELEMENTWISE_BACKWARD or type(m) is nn.AdaptiveAvgPool2d):
+                return False
+        elif l.kind != "linear" and not (l.kind == "stateless" and type(m) in _ELEMENTWISE_BACKWARD):
+            return False
+    return not images
 
 
 def _manual_single_ok(layer: "Layer") -> bool:
@@ -146,6 +191,8 @@ class Program:
             output gradients come from a hand-written backward pass (no autograd), K at a time.
         manual_single: the same for the target's layout (K = 1) only, where Conv2d, GroupNorm
             and adaptive average pooling have hand-written passes too (the CNN).
+        manual_grouped: the CNN's hand-written passes for K > 1 models too, their images laid
+            out as K groups of channels (see :func:`_grouped_ok`).
     """
 
     layers: tuple[Layer, ...]
@@ -153,6 +200,7 @@ class Program:
     fallback: str = "opacus"
     manual: bool = False
     manual_single: bool = False
+    manual_grouped: bool = False
 
     @property
     def closed_form(self) -> bool:
@@ -208,7 +256,8 @@ def compile_model(model: nn.Module, fallback: str = "opacus") -> Program:
             layers.append(Layer("sampled", m, idx, names))
     manual = all(l.kind == "linear" or (l.kind == "stateless" and type(l.module) in _BACKWARD) for l in layers)
     manual_single = all(_manual_single_ok(l) for l in layers)
-    return Program(tuple(layers), tuple(p.shape for p in model.parameters()), fallback, manual, manual_single)
+    grouped = manual_single and _grouped_ok(layers)
+    return Program(tuple(layers), tuple(p.shape for p in model.parameters()), fallback, manual, manual_single, grouped)
 
 
 # --------------------------------------------------------------------------- forward, K models at once
@@ -377,7 +426,7 @@ def _per_sample_func(layer: Layer, ps: Sequence[torch.Tensor], a: torch.Tensor, 
 def _errors(program, params, x, y, weight):
     """Each parametrised layer's input a and output gradient e = ∂Σ_i w_i·loss_i/∂z, in the
     (K, B, ...) layout, and the per-sample losses (K, B) (times ``weight``)."""
-    fn = _errors_manual if program.manual else _errors_autograd
+    fn = _errors_manual if program.manual or program.manual_grouped else _errors_autograd
     if x.shape[0] == 1 and weight is None:
         fn = _errors_manual if program.manual_single else fn
         inputs, errs, losses = fn(program, [p[0] for p in params], x[0], y[0], None, True)
@@ -399,22 +448,30 @@ def _errors_autograd(program, params, x, y, weight, single):
 
 def _errors_manual(program, params, x, y, weight, single):
     """As :func:`_errors_autograd`, by hand: the cross-entropy gradient is softmax − one-hot, a
-    Linear layer passes e·W back, the activations use autograd's own backward kernels, and (in
-    the target's layout, ``program.manual_single``) Conv2d, GroupNorm and adaptive pooling pass
-    e back through ``convolution_backward``, ``native_group_norm_backward`` and
-    ``_adaptive_avg_pool2d_backward``, the kernels autograd calls. Saves autograd's per-call
+    Linear layer passes e·W back, the activations use autograd's own backward kernels, and
+    Conv2d, GroupNorm and adaptive pooling pass e back through ``convolution_backward``,
+    ``native_group_norm_backward`` and ``_adaptive_avg_pool2d_backward``, the kernels autograd
+    calls (K > 1 models: as groups of channels, :func:`_to_groups`). Saves autograd's per-call
     overhead, which dominates at these model sizes."""
     with torch.no_grad():
-        h, trace = x, []
+        k = None if single else x.shape[0]
+        grouped = k is not None and program.manual_grouped
+        h, trace = (_to_groups(x) if grouped else x), []
         for layer in program.layers:
-            aux = None
+            aux, was_grouped = None, grouped
+            m = layer.module
             if layer.kind == "linear":
                 z = _linear([params[i] for i in layer.params], h, single)
-            elif layer.kind == "sampled":  # single layout only (manual_single)
-                z, aux = _SAMPLED_MANUAL[type(layer.module)][0](layer.module, [params[i] for i in layer.params], h)
+            elif layer.kind == "sampled":  # (manual_single, or grouped)
+                z, aux = _SAMPLED_MANUAL[type(m)][0](m, [params[i] for i in layer.params], h, k)
+            elif grouped and type(m) is nn.Flatten:  # groups of channels -> (K, B, features)
+                z = h.reshape(h.shape[0], k, -1).transpose(0, 1)
+                grouped = False
+            elif grouped:
+                z = m(h)  # elementwise, or pooling per channel
             else:
-                z = _stateless(layer.module, h, single)
-            trace.append((layer, h, z, aux))
+                z = _stateless(m, h, single)
+            trace.append((layer, h, z, aux, was_grouped))
             h = z
         logp = torch.log_softmax(h, dim=-1)
         yi = y.unsqueeze(-1)
@@ -426,13 +483,17 @@ def _errors_manual(program, params, x, y, weight, single):
             e = e * weight.unsqueeze(-1)
         inputs, errs = [], []
         remaining = sum(1 for l in program.layers if l.kind != "stateless")
-        for layer, a, z, aux in reversed(trace):
+        for layer, a, z, aux, in_groups in reversed(trace):
+            m = layer.module
             if layer.kind == "stateless":
-                rule = _BACKWARD.get(type(layer.module)) or _BACKWARD_SINGLE[type(layer.module)]
-                e = rule(e, a, z)
+                if in_groups and type(m) is nn.Flatten:
+                    e = e.transpose(0, 1).reshape(a.shape)
+                else:
+                    rule = _BACKWARD.get(type(m)) or _BACKWARD_SINGLE[type(m)]
+                    e = rule(e, a, z)
                 continue
-            inputs.append(a)
-            errs.append(e)
+            inputs.append(_from_groups(a, k) if in_groups else a)
+            errs.append(_from_groups(e, k) if in_groups else e)
             remaining -= 1
             if remaining == 0:
                 break
@@ -440,7 +501,7 @@ def _errors_manual(program, params, x, y, weight, single):
             if layer.kind == "linear":
                 e = e.mm(ps[0]) if single else torch.bmm(e, ps[0])
             else:
-                e = _SAMPLED_MANUAL[type(layer.module)][1](layer.module, ps, a, e, aux)
+                e = _SAMPLED_MANUAL[type(m)][1](m, ps, a, e, aux, k)
     return inputs[::-1], errs[::-1], losses
 
 

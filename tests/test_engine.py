@@ -181,6 +181,27 @@ def test_the_targets_cnn_backward_by_hand_equals_autograds():
     torch.testing.assert_close(l1, l2)
 
 
+def test_k_cnns_by_hand_as_groups_of_channels_equal_autograd_with_padding_rows():
+    """K > 1 CNNs run by hand as K groups of channels (grouped convolution and group norm): each
+    layer's input and output gradient, and the losses, equal autograd's over vmap, padding
+    rows (weight 0) included."""
+    from bench import engine
+
+    models = [_model("cnn", seed=s)[0] for s in range(3)]
+    program = compile_model(models[0])
+    assert program.manual_grouped
+    info = MODELS["cnn"][0]
+    x, y = _data(info, B, k=3)
+    weight = torch.ones(3, B)
+    weight[1, 10:] = 0.0
+    params = [torch.stack(ps) for ps in zip(*[[p.detach() for p in m.parameters()] for m in models])]
+    a1, e1, l1 = engine._errors_manual(program, params, x, y, weight, False)
+    a2, e2, l2 = engine._errors_autograd(program, params, x, y, weight, False)
+    for u, v in zip([*e1, *a1], [*e2, *a2]):
+        torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(l1, l2)
+
+
 def test_clip_rows_is_opacus_clip_and_accumulate():
     """Extra per-sample rows (the audit's gradient canaries) are clipped as Opacus clips them."""
     from opacus import GradSampleModule
