@@ -426,11 +426,11 @@ def _per_sample_func(layer: Layer, ps: Sequence[torch.Tensor], a: torch.Tensor, 
 def _errors(program, params, x, y, weight):
     """Each parametrised layer's input a and output gradient e = ∂Σ_i w_i·loss_i/∂z, in the
     (K, B, ...) layout, and the per-sample losses (K, B) (times ``weight``)."""
-    fn = _errors_manual if program.manual or program.manual_grouped else _errors_autograd
-    if x.shape[0] == 1 and weight is None:
-        fn = _errors_manual if program.manual_single else fn
+    if x.shape[0] == 1 and weight is None:  # the target's layout
+        fn = _errors_manual if program.manual_single else _errors_autograd
         inputs, errs, losses = fn(program, [p[0] for p in params], x[0], y[0], None, True)
         return [a.unsqueeze(0) for a in inputs], [e.unsqueeze(0) for e in errs], losses.unsqueeze(0)
+    fn = _errors_manual if program.manual or program.manual_grouped else _errors_autograd
     return fn(program, params, x, y, weight, False)
 
 

@@ -113,7 +113,7 @@ def opacus_step(model, x, y, mode):
 def engine_step(model, x, y, manual=True):
     program = compile_model(model)
     if not manual:
-        program = dataclasses.replace(program, manual=False, manual_single=False)
+        program = dataclasses.replace(program, manual=False, manual_single=False, manual_grouped=False)
     params = list(model.parameters())
     opt = torch.optim.SGD(params, lr=1e-3)
     gen = torch.Generator().manual_seed(0)
