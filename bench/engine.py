@@ -606,10 +606,11 @@ def clipped_sum(
 
 def summed_gradient(program: Program, params: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Σ_i ∂loss_i/∂θ of K models on their own batches, unclipped (plain SGD's gradient times
-    the batch size), per parameter ``(K, *shape)``: eᵀa and Σ e for Linear layers, the
-    per-sample rows summed for sampled layers. The reference federations' plain step for
-    models of Linear layers (``bench.reference.train_many``), where the hand-written backward
-    pass saves autograd's overhead; equals autograd's gradient up to float rounding."""
+    the batch size), per parameter ``(K, *shape)``: eᵀa and Σ e for Linear layers, one grouped
+    ``convolution_backward`` for Conv2d, Σ e·x̂ for GroupNorm, the per-sample rows summed for
+    other sampled layers. The reference federations' plain step (``bench.reference.train_many``),
+    where the hand-written backward pass saves autograd's overhead; equals autograd's gradient
+    up to float rounding."""
     k, b = y.shape
     if b == 0:
         return zero_grads(program.shapes, k, params[0].dtype)
@@ -623,11 +624,47 @@ def summed_gradient(program: Program, params: Sequence[torch.Tensor], x: torch.T
                 out[layer.params[0]] = torch.bmm(e.transpose(1, 2), a)
                 if len(layer.params) == 2:
                     out[layer.params[1]] = e.sum(1)
+            elif type(layer.module) in _SUMMED and (type(layer.module) is not nn.Conv2d or _conv_ok(layer.module)):
+                # the batch's sum directly, no per-sample rows
+                for i, g in zip(layer.params, _SUMMED[type(layer.module)](layer, a, e, k)):
+                    out[i] = g
             else:
                 gs = _per_sample_rows(layer, a, e) if program.fallback == "opacus" else _per_sample_func(layer, [params[i] for i in layer.params], a, e)
                 for i, g in zip(layer.params, gs):
                     out[i] = g.sum(1)
     return tuple(out)
+
+
+# Summed (not per-sample) gradients of sampled layers for K models, a and e ``(K, B, ...)``:
+# with the images as K groups of channels (:func:`_to_groups`; free when they come from the
+# grouped hand-written pass), one grouped ``convolution_backward`` gives the K weight gradients.
+def _conv_summed(layer: Layer, a: torch.Tensor, e: torch.Tensor, k: int) -> list[torch.Tensor]:
+    m = layer.module
+    w = m.weight.detach()
+    grouped_w = w.expand(k, *w.shape).reshape(k * w.shape[0], *w.shape[1:])  # shapes only: not read for these outputs
+    has_bias = len(layer.params) == 2
+    _, gw, gb = torch.ops.aten.convolution_backward(
+        _to_groups(e), _to_groups(a), grouped_w, [k * w.shape[0]] if has_bias else None, m.stride, m.padding, m.dilation,
+        False, [0, 0], m.groups * k, [False, True, has_bias])
+    out = {"weight": gw.view(k, *w.shape)}
+    if has_bias:
+        out["bias"] = gb.view(k, -1)
+    return [out[n] for n in layer.names]
+
+
+def _group_norm_summed(layer: Layer, a: torch.Tensor, e: torch.Tensor, k: int) -> list[torch.Tensor]:
+    m = layer.module
+    b, c = a.shape[1], a.shape[2]
+    xhat = F.group_norm(a.reshape(k * b, *a.shape[2:]), m.num_groups, eps=m.eps).view(a.shape)
+    dims = tuple(range(3, a.dim()))
+    out = {"weight": (e * xhat).sum(dims).sum(1), "bias": e.sum(dims).sum(1)}
+    return [out[n] for n in layer.names]
+
+
+_SUMMED: dict[type, Callable[[Layer, torch.Tensor, torch.Tensor, int], list[torch.Tensor]]] = {
+    nn.Conv2d: _conv_summed,
+    nn.GroupNorm: _group_norm_summed,
+}
 
 
 def clip_rows(rows: Sequence[torch.Tensor], bound: Bound) -> tuple[torch.Tensor, ...]:
