@@ -635,7 +635,6 @@ def cmd_report(args) -> int:
     from bench.report import write_report
     from bench.tracking import MlflowTracker
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one progress bar per artifact otherwise
     tracker = MlflowTracker(args.tracking_uri, create=False)  # a bad, missing or unreachable store: one line, exit 2
     try:
         reaped = tracker.reap_gone(args.suite)
@@ -758,6 +757,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # MLflow configures its own loggers at import ("Creating initial MLflow database tables..."):
     # its chatter is shown only with -v
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "DEBUG" if args.verbose else "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one progress bar per artifact read back otherwise
     # MLflow 3 sends usage telemetry to its maintainers unless told not to. privbench runs
     # offline next to clinical data: off unless the user set MLFLOW_DISABLE_TELEMETRY or DO_NOT_TRACK
     if "DO_NOT_TRACK" not in os.environ:
