@@ -47,26 +47,14 @@ def enabled() -> bool:
     return sys.platform.startswith("linux") and cpus >= 2
 
 
-class _PipeLog(CellLog):
-    """The child's CellLog: every call goes through the pipe, in order."""
+class _ToParent:
+    """The child's RecordingCellLog keeps no events: each one goes through the pipe, in order."""
 
     def __init__(self, conn) -> None:
         self.conn = conn
 
-    def params(self, params):
-        self.conn.send(("log", "params", (dict(params),)))
-
-    def metrics(self, metrics, step=None):
-        self.conn.send(("log", "metrics", ({k: float(v) for k, v in metrics.items() if v is not None}, step)))
-
-    def tags(self, tags):
-        self.conn.send(("log", "tags", ({k: str(v) for k, v in tags.items()},)))
-
-    def text(self, text, path):
-        self.conn.send(("log", "text", (text, path)))
-
-    def bytes(self, data, path):
-        self.conn.send(("log", "bytes", (bytes(data), path)))
+    def append(self, event: tuple) -> None:
+        self.conn.send(("log", event))
 
 
 @dataclass(frozen=True)
@@ -78,7 +66,7 @@ class StreamedResult:
 
 
 def _child(cfg: Any, conn) -> None:
-    from bench.executors import CELL_THREADS, _portable
+    from bench.executors import CELL_THREADS, RecordingCellLog, _portable
 
     import torch
 
@@ -86,7 +74,7 @@ def _child(cfg: Any, conn) -> None:
     from bench.runner import run_cell
 
     try:
-        result = run_cell(cfg, _PipeLog(conn), on_round=lambda r: conn.send(("round",)),
+        result = run_cell(cfg, RecordingCellLog(events=_ToParent(conn)), on_round=lambda r: conn.send(("round",)),
                           on_phase=lambda name: conn.send(("phase", name)))
     except Exception as exc:  # the cell's own failure: the parent ends the run FAILED with it
         log.debug("early cell failed", exc_info=True)
@@ -107,7 +95,7 @@ class EarlyCell:
     def stream_into(self, out: CellLog, on_round: Callable[[], None], on_phase: Callable[[str], None]) -> StreamedResult:
         """Replay the child's log into ``out`` as it arrives; return at the cell's end, or raise
         the cell's own exception (or a RuntimeError when the child died without a word)."""
-        from bench.executors import hold_signals
+        from bench.executors import RecordingCellLog, hold_signals
 
         try:
             while True:
@@ -123,7 +111,7 @@ class EarlyCell:
                     # its time inside writes: an interrupt waits for the write to end (as in
                     # bench.executors.record_outcome), never leaving a transaction half done
                     with hold_signals():
-                        getattr(out, msg[1])(*msg[2])
+                        RecordingCellLog.apply(msg[1], out)
                 elif kind == "round":
                     on_round()
                 elif kind == "phase":

@@ -63,8 +63,6 @@ _BACKWARD: dict[type, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch
 }
 
 
-_ELEMENTWISE_BACKWARD = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Identity)
-
 # Parameter-free layers whose backward kernel needs images as (B, C, H, W) (the target's layout,
 # or K models as groups of channels).
 _BACKWARD_SINGLE: dict[type, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
@@ -142,9 +140,9 @@ def _grouped_ok(layers: Sequence["Layer"]) -> bool:
                 if not (m.start_dim == 1 and m.end_dim == -1):
                     return False
                 images = False
-            elif l.kind == "stateless" and not (type(m) in _ELEMENTWISE_BACKWARD or type(m) is nn.AdaptiveAvgPool2d):
+            elif l.kind == "stateless" and not (type(m) in _ELEMENTWISE or type(m) is nn.AdaptiveAvgPool2d):
                 return False
-        elif l.kind != "linear" and not (l.kind == "stateless" and type(m) in _ELEMENTWISE_BACKWARD):
+        elif l.kind != "linear" and not (l.kind == "stateless" and type(m) in _ELEMENTWISE):
             return False
     return not images
 
@@ -201,6 +199,11 @@ class Program:
     manual: bool = False
     manual_single: bool = False
     manual_grouped: bool = False
+
+    @property
+    def manual_many(self) -> bool:
+        """K > 1 models run by hand: Linear layers only, or the CNN as groups of channels."""
+        return self.manual or self.manual_grouped
 
     @property
     def closed_form(self) -> bool:
@@ -382,7 +385,7 @@ def _group_norm_rows(m: nn.GroupNorm, a: torch.Tensor, e: torch.Tensor) -> dict[
 def _rows_rule(m: nn.Module) -> Optional[Callable[[nn.Module, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]]:
     """The engine's own per-sample rule for this layer (the same algebra as Opacus's grad
     sampler, with batched matrix products instead of einsum), or None: use Opacus's."""
-    if type(m) is nn.Conv2d and m.groups == 1 and m.padding_mode == "zeros" and not isinstance(m.padding, str):
+    if _conv_ok(m) and m.groups == 1:
         return _conv2d_rows
     if type(m) is nn.GroupNorm:
         return _group_norm_rows
@@ -430,7 +433,7 @@ def _errors(program, params, x, y, weight):
         fn = _errors_manual if program.manual_single else _errors_autograd
         inputs, errs, losses = fn(program, [p[0] for p in params], x[0], y[0], None, True)
         return [a.unsqueeze(0) for a in inputs], [e.unsqueeze(0) for e in errs], losses.unsqueeze(0)
-    fn = _errors_manual if program.manual or program.manual_grouped else _errors_autograd
+    fn = _errors_manual if program.manual_many else _errors_autograd
     return fn(program, params, x, y, weight, False)
 
 
@@ -607,8 +610,8 @@ def clipped_sum(
 def summed_gradient(program: Program, params: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Σ_i ∂loss_i/∂θ of K models on their own batches, unclipped (plain SGD's gradient times
     the batch size), per parameter ``(K, *shape)``: eᵀa and Σ e for Linear layers, one grouped
-    ``convolution_backward`` for Conv2d, Σ e·x̂ for GroupNorm, the per-sample rows summed for
-    other sampled layers. The reference federations' plain step (``bench.reference.train_many``),
+    ``convolution_backward`` for Conv2d, the per-sample rows summed for other sampled layers
+    (GroupNorm's are one number per channel). The reference federations' plain step (``bench.reference.train_many``),
     where the hand-written backward pass saves autograd's overhead; equals autograd's gradient
     up to float rounding."""
     k, b = y.shape
@@ -624,9 +627,8 @@ def summed_gradient(program: Program, params: Sequence[torch.Tensor], x: torch.T
                 out[layer.params[0]] = torch.bmm(e.transpose(1, 2), a)
                 if len(layer.params) == 2:
                     out[layer.params[1]] = e.sum(1)
-            elif type(layer.module) in _SUMMED and (type(layer.module) is not nn.Conv2d or _conv_ok(layer.module)):
-                # the batch's sum directly, no per-sample rows
-                for i, g in zip(layer.params, _SUMMED[type(layer.module)](layer, a, e, k)):
+            elif _conv_ok(layer.module):  # the batch's sum directly, no per-sample rows
+                for i, g in zip(layer.params, _conv_summed(layer, a, e, k)):
                     out[i] = g
             else:
                 gs = _per_sample_rows(layer, a, e) if program.fallback == "opacus" else _per_sample_func(layer, [params[i] for i in layer.params], a, e)
@@ -635,9 +637,9 @@ def summed_gradient(program: Program, params: Sequence[torch.Tensor], x: torch.T
     return tuple(out)
 
 
-# Summed (not per-sample) gradients of sampled layers for K models, a and e ``(K, B, ...)``:
-# with the images as K groups of channels (:func:`_to_groups`; free when they come from the
-# grouped hand-written pass), one grouped ``convolution_backward`` gives the K weight gradients.
+# Conv2d's summed (not per-sample) gradient for K models, a and e ``(K, B, ...)``: with the
+# images as K groups of channels (:func:`_to_groups`; free when they come from the grouped
+# hand-written pass), one grouped ``convolution_backward`` gives the K weight gradients.
 def _conv_summed(layer: Layer, a: torch.Tensor, e: torch.Tensor, k: int) -> list[torch.Tensor]:
     m = layer.module
     w = m.weight.detach()
@@ -650,21 +652,6 @@ def _conv_summed(layer: Layer, a: torch.Tensor, e: torch.Tensor, k: int) -> list
     if has_bias:
         out["bias"] = gb.view(k, -1)
     return [out[n] for n in layer.names]
-
-
-def _group_norm_summed(layer: Layer, a: torch.Tensor, e: torch.Tensor, k: int) -> list[torch.Tensor]:
-    m = layer.module
-    b, c = a.shape[1], a.shape[2]
-    xhat = F.group_norm(a.reshape(k * b, *a.shape[2:]), m.num_groups, eps=m.eps).view(a.shape)
-    dims = tuple(range(3, a.dim()))
-    out = {"weight": (e * xhat).sum(dims).sum(1), "bias": e.sum(dims).sum(1)}
-    return [out[n] for n in layer.names]
-
-
-_SUMMED: dict[type, Callable[[Layer, torch.Tensor, torch.Tensor, int], list[torch.Tensor]]] = {
-    nn.Conv2d: _conv_summed,
-    nn.GroupNorm: _group_norm_summed,
-}
 
 
 def clip_rows(rows: Sequence[torch.Tensor], bound: Bound) -> tuple[torch.Tensor, ...]:

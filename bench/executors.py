@@ -60,8 +60,9 @@ class RecordingCellLog(CellLog):
     in the same order, into another CellLog (e.g. an MLflow child run).
     """
 
-    def __init__(self) -> None:
-        self.events: list[tuple] = []
+    def __init__(self, events: Any = None) -> None:
+        # anything with append(): a list here, a pipe to the parent for bench.early's child
+        self.events = [] if events is None else events
 
     def params(self, params: Mapping[str, Any]) -> None:
         self.events.append(("params", dict(params)))
@@ -80,8 +81,14 @@ class RecordingCellLog(CellLog):
 
     def replay(self, out: CellLog) -> None:
         """Make the same calls on ``out``, in the order they were made here."""
-        for kind, *payload in self.events:
-            getattr(out, kind)(*payload)
+        for event in self.events:
+            self.apply(event, out)
+
+    @staticmethod
+    def apply(event: tuple, out: CellLog) -> None:
+        """Make one recorded call on ``out``."""
+        kind, *payload = event
+        getattr(out, kind)(*payload)
 
     def metric_history(self) -> dict[str, list[tuple[Optional[int], float]]]:
         """``{metric: [(step, value), ...]}`` in logging order."""

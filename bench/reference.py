@@ -156,7 +156,6 @@ def train_many(
         if tuple(sr) != names or any(len(sr[n]) != sizes[n] for n in names):
             raise ValueError("train_many: every federation needs the same hospitals and sizes")
     model = build_model(info, model_cfg, torch.Generator().manual_seed(0))
-    batch_grad = _batch_grad(model)  # (K,P),(K,b,..),(K,b) -> (K,P)
     roots = [Seeds(int(s)) for s in seeds]
     params = torch.stack([flatten(build_model(info, model_cfg, r.torch("init"))) for r in roots])
 
@@ -181,8 +180,9 @@ def train_many(
             program = compile_model(model)
         except ValueError:
             program = None
-        if program is not None and not (program.manual or program.manual_grouped):
+        if program is not None and not program.manual_many:
             program = None
+    batch_grad = _batch_grad(model) if program is None else None  # (K,P),(K,b,..),(K,b) -> (K,P)
     uniform = any(getattr(d, "uniform_weights", False) for _, d in defenses)
 
     xs = {n: torch.stack([sr[n].x for sr in site_records]) for n in names}  # (K, n, ...)

@@ -170,7 +170,7 @@ def test_the_targets_cnn_backward_by_hand_equals_autograds():
 
     model, info = _model("cnn")
     program = compile_model(model)
-    assert program.manual_single and not program.manual  # K > 1 keeps autograd for the CNN
+    assert program.manual_single and not program.manual  # manual: Linear layers only; the CNN at K > 1 is manual_grouped
     x, y = _data(info, B)
     ps = [p.detach() for p in model.parameters()]
     a1, e1, l1 = engine._errors_manual(program, ps, x, y, None, True)
