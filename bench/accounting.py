@@ -181,3 +181,79 @@ def weak_delta_reason(report: PrivacyReport) -> Optional[str]:
         f"delta >= 1/n for {listed}: at that delta a mechanism that publishes one record or hospital outright "
         "satisfies the guarantee; set privacy.delta well below 1/n or leave it null for min(1e-5, 1/(100 n))"
     )
+
+
+# --------------------------------------------------------------------------- ε per adversary
+
+#: who the adversary is (threat matrix, ``privacy/against/<adversary>/...``): an outsider with the
+#: released model, the honest-but-curious server, a malicious server (it may send different models,
+#: alter what it sends, withhold noise, claim dropouts) and a curious peer hospital
+ADVERSARIES: tuple[str, ...] = ("outsider", "server", "malicious_server", "peer")
+
+
+def draws_noise_on_server(defense) -> bool:
+    """Whether ``defense`` adds its DP noise in a server hook (``transform_aggregate``), as central
+    ``client_dp`` does: the server sees the sum before that noise (``RoundRecord.aggregate``), and a
+    malicious one may withhold it, so its events protect nothing from the server."""
+    hook = getattr(type(defense), "transform_aggregate", None)
+    owner = getattr(hook, "__qualname__", "Defense.").split(".")[0]
+    return bool(getattr(defense, "is_dp", False)) and owner != "Defense" and not hasattr(defense, "dp_events_against")
+
+
+def events_against(defenses, adversary: str) -> tuple[DPEvent, ...]:
+    """The DP events of ``defenses`` whose guarantee still holds against ``adversary``.
+
+    A defense may say it itself (``dp_events_against(adversary)``, e.g. ``distributed_dp``: fewer
+    noise shares against a server that claims dropouts or a peer that knows its own share).
+    Otherwise its events hold against everyone, except that noise drawn by the server
+    (:func:`draws_noise_on_server`) holds only against the outsider and the peers, who see the
+    noisy models. Record-level DP-SGD's noise never leaves the hospital: it holds against all.
+    """
+    if adversary not in ADVERSARIES:
+        raise ValueError(f"unknown adversary {adversary!r}; allowed: {', '.join(ADVERSARIES)}")
+    out: list[DPEvent] = []
+    for d in defenses:
+        own = getattr(d, "dp_events_against", None)
+        if own is not None:
+            out.extend(own(adversary) or ())
+        elif draws_noise_on_server(d) and adversary in ("server", "malicious_server"):
+            continue
+        else:
+            out.extend(d.dp_events())
+    return tuple(out)
+
+
+def against_metrics(defenses, full: PrivacyReport, accountant: str = "rdp", neighbouring: str = "auto") -> tuple[dict[str, float], dict[str, str]]:
+    """``privacy/against/<adversary>/<unit>/epsilon`` (and ``.../delta``) for every adversary and every
+    privacy unit the cell's full report has, at the δ the full report states for each party; a unit with no guarantee left
+    against an adversary gets no metric but the tag ``privacy/against/<adversary>/<unit>`` = ``none``.
+    Also ``privacy/epsilon_after_claimed_dropouts`` (the malicious server's client-level ε).
+
+    Returns:
+        ``(metrics, tags)``; both empty when the cell has no DP at all.
+    """
+    if not full.is_dp:
+        return {}, {}
+    metrics: dict[str, float] = {}
+    tags: dict[str, str] = {}
+    for adv in ADVERSARIES:
+        evs = with_neighbouring(events_against(defenses, adv), neighbouring)
+        for unit in full.units():
+            d = full.delta(unit)
+            mine = [e for e in evs if e.unit == unit]
+            # each party at the δ the full report states for it; a party with no event left has no guarantee
+            parties = {p for (u, p) in full.per_party if u == unit}
+            eps = max(
+                (epsilon_of([e for e in mine if e.party == p], full.per_party[(unit, p)][1], accountant)
+                 if any(e.party == p and e.steps > 0 for e in mine) else math.inf for p in parties),
+                default=math.inf,
+            )
+            if math.isinf(eps):
+                tags[f"privacy/against/{adv}/{unit}"] = "none"
+            else:
+                metrics[f"privacy/against/{adv}/{unit}/epsilon"] = eps
+                metrics[f"privacy/against/{adv}/{unit}/delta"] = d
+                tags[f"privacy/against/{adv}/{unit}"] = f"epsilon={eps:.3g} delta={d:.3g}"
+    if "privacy/against/malicious_server/client/epsilon" in metrics:
+        metrics["privacy/epsilon_after_claimed_dropouts"] = metrics["privacy/against/malicious_server/client/epsilon"]
+    return metrics, tags

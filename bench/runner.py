@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import yaml
 
-from bench.accounting import PrivacyReport, account, weak_delta_reason
+from bench.accounting import PrivacyReport, account, against_metrics, weak_delta_reason
 from bench.components import component_class
 from bench.config import ExperimentConfig
 from bench.data import build_federation
@@ -45,7 +45,12 @@ class CellResult:
 
 
 def make_defenses(cfg: ExperimentConfig) -> list:
-    return [component_class("defense", s.name)(s.params) for s in cfg.defenses]
+    out = [component_class("defense", s.name)(s.params) for s in cfg.defenses]
+    for d in out:  # a defense whose accounting follows another's record (distributed_dp: the secure sum's inputs)
+        see = getattr(d, "see_defenses", None)
+        if see is not None:
+            see(out)
+    return out
 
 
 def make_simulator(cfg: ExperimentConfig, fed: Federation, model_fn: Callable[[], torch.nn.Module]):
@@ -149,6 +154,9 @@ def run_cell(cfg: ExperimentConfig, out: CellLog, on_round: Optional[Callable[[R
     metrics.update(privacy_metrics(report))
     tags = dict(record.tags)
     tags.update(privacy_tags(report, tags))
+    against, against_tags = against_metrics(defenses, report, cfg.privacy.accountant, cfg.privacy.neighbouring)
+    metrics.update(against)  # the ε that still holds against each adversary (privacy/against/<adversary>/...)
+    tags.update(against_tags)
     for d in defenses:
         metrics.update(d.metrics())
     metrics["cost/train_seconds"] = record.seconds

@@ -179,7 +179,9 @@ class SecureAggregation(Defense):
         if params.excludes_inputs:
             # re-weighting over fewer hospitals raises each one's influence above the C/m that
             # client-level DP calibrated its noise to: the accounted epsilon would be wrong
-            client_dp = [s.name for s in cfg.defenses if DEFENSES.get(s.name).privacy_unit == "client"]
+            # (a defense whose noise travels inside each input, distributed_dp, accounts the shares that arrive)
+            client_dp = [s.name for s in cfg.defenses if DEFENSES.get(s.name).privacy_unit == "client"
+                         and not getattr(DEFENSES.get(s.name), "noise_in_inputs", False)]
             if client_dp:
                 if params.dropout is None:
                     raise ConfigError(

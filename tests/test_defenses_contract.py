@@ -27,6 +27,7 @@ VALID = {
     "dp_sgd": {"noise_multiplier": 1.0, "max_grad_norm": 1.0},
     "client_dp": {"noise_multiplier": 0.5, "clip_norm": 0.5, "adaptive": True, "clip_count_stddev": 1.0},
     "secure_aggregation": {"dropout_fraction": 0.3},
+    "distributed_dp": {"noise_multiplier": 0.5, "clip_norm": 0.5, "min_contributors": 2},
 }
 # settings each must refuse at load time (one-line ConfigError naming the defense)
 INVALID = {
@@ -35,6 +36,7 @@ INVALID = {
     "dp_sgd": [{}, {"noise_multiplier": 1, "target_epsilon": 1}, {"noise_multiplier": 1, "max_grad_norm": "inf"}],
     "client_dp": [{"clip_norm": "inf"}, {"adaptive": True, "clip_count_stddev": 0.1}],
     "secure_aggregation": [{"neighbors": 3}, {"bits": 16}, {"dropout_fraction": 1.0}],
+    "distributed_dp": [{"clip_norm": "inf"}, {"min_contributors": 0}, {"min_contributors": 4}],
 }
 
 
