@@ -8,6 +8,8 @@ aggregate the server applied. Attacker views are derived from it (``bench.views`
 from __future__ import annotations
 
 import copy
+import hashlib
+import logging
 import time
 from typing import Callable, Optional, Sequence
 
@@ -16,13 +18,22 @@ import torch
 
 from bench.canaries import client_canary_updates
 from bench.metrics import utility_metrics
-from bench.models import flatten, num_params
+from bench.models import flatten, load_flat, num_params
 from bench.seeding import Seeds
 from bench.training import LocalSettings, PlainTrainer, RecordGroups
-from bench.types import Disclosure, Federation, RoundRecord, TrainingRecord
+from bench.types import Disclosure, Federation, RoundRecord, ServerPlan, TrainingRecord
 from defenses.base import ClientContext, Defense, FederationFacts, ServerContext, weighted_sum
 
 RoundCallback = Callable[[RoundRecord], None]
+log = logging.getLogger(__name__)
+
+
+def architecture_of(model: torch.nn.Module) -> str:
+    """A hospital's fingerprint of an architecture it receives: every module's type and every
+    parameter's name and shape, hashed (what ``model_check``'s allow-list names)."""
+    parts = [f"{n}:{type(m).__name__}" for n, m in model.named_modules()]
+    parts += [f"{n}:{tuple(p.shape)}" for n, p in model.named_parameters()]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def local_settings(train_cfg) -> LocalSettings:
@@ -95,6 +106,7 @@ def run_federated(
     seeds: Seeds,
     on_round: Optional[RoundCallback] = None,
     evaluate: bool = True,
+    plan: Optional[ServerPlan] = None,
 ) -> TrainingRecord:
     """Run FedAvg with ``defenses`` and return the record of every round.
 
@@ -107,8 +119,18 @@ def run_federated(
         seeds: streams ``("select", r)``, ``("train", site, r)``, ``("defense", name, ...)``.
         on_round: called with each finished round (progress, streaming metrics).
         evaluate: compute utility on the test sets each round.
+        plan: a malicious server's behaviour (``ServerPlan``): the architecture it sends, what
+            it sends each hospital each round, whether it withholds its own noise. Client-side
+            defenses (``check_received``) see what each hospital received before it trains and
+            may refuse the round (recorded as ``RoundRecord.aborted``; the model stays as it was).
     """
     t_start = time.perf_counter()
+    configured_architecture = architecture_of(initial_model)
+    if plan is not None and plan.model_fn is not None:  # the server sends another architecture
+        changed = plan.model_fn()
+        load_flat(changed, plan.initial(flatten(initial_model)) if plan.initial is not None else flatten(initial_model))
+        initial_model = changed
+    sent_architecture = architecture_of(initial_model)
     global_params = flatten(initial_model)
     facts = federation_facts(fed, train_cfg, privacy_cfg, num_params(initial_model))
     for d in defenses:
@@ -134,10 +156,30 @@ def run_federated(
         t_round = time.perf_counter()
         pick = seeds.rng("select", r).choice(len(fed.sites), facts.sites_per_round, replace=False)
         participants = tuple(fed.sites[i].name for i in sorted(pick))
-        updates, disclosures = {}, {}
+        updates, disclosures, step_updates = {}, {}, {}
+        sent = {n: plan.send(r, n, global_params) for n in participants} if plan is not None and plan.send is not None else {}
+        received = {n: sent.get(n, global_params) for n in participants}
+        aborted = None
+        for d in defenses:  # client side, before any hospital trains on what it received
+            aborted = aborted or d.check_received(received, {n: sent_architecture for n in participants}, configured_architecture, r)
+        if aborted is not None:
+            log.warning("round %d aborted by the hospitals: %s", r, aborted)
+            record = RoundRecord(
+                round=r, global_params=global_params, participants=participants, weights={}, updates={},
+                updates_hidden=any(d.hides_updates for d in defenses), aggregate=torch.zeros_like(global_params),
+                disclosures={}, utility=utility_metrics(eval_model, global_params, fed) if evaluate else {},
+                seconds=time.perf_counter() - t_round, aggregation_seconds=0.0, bytes_per_client=0.0,
+                sent={n: v for n, v in sent.items() if not torch.equal(v, global_params)}, aborted=aborted,
+            )
+            rounds.append(record)
+            if on_round is not None:
+                on_round(record)
+            continue
         for name in participants:
-            res = trainers[name].train(global_params, seeds.torch("train", name, r))
-            update = res.params - global_params
+            res = trainers[name].train(received[name], seeds.torch("train", name, r))
+            update = res.params - received[name]
+            if res.step_updates is not None:  # an audited hospital's every privatized step
+                step_updates[name] = res.step_updates
             for d in defenses:
                 ctx = ClientContext(site=name, round=r, num_samples=res.num_samples, generator=seeds.torch("defense", d.name, name, r))
                 update = d.transform_update(update, ctx)
@@ -166,6 +208,10 @@ def run_federated(
         aggregate = summed
         for d in reversed(defenses):  # server hooks in reverse order
             aggregate = d.transform_aggregate(aggregate, sctx)
+        if plan is not None and plan.withhold_noise:
+            # the hooks ran (their bookkeeping, hence the ε the hospitals were promised), but a
+            # server that withholds its noise applies the clean sum
+            aggregate = summed
         new_params = global_params + train_cfg.server_lr * aggregate
         utility = utility_metrics(eval_model, new_params, fed) if evaluate else {}
         bytes_pc = float(np.mean([payload_bytes(u) for u in updates.values()]))
@@ -184,6 +230,8 @@ def run_federated(
             seconds=time.perf_counter() - t_round,
             aggregation_seconds=agg_seconds,
             bytes_per_client=bytes_pc,
+            step_updates=step_updates,
+            sent={n: v for n, v in sent.items() if not torch.equal(v, global_params)},
         )
         rounds.append(record)
         if on_round is not None:

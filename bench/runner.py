@@ -22,12 +22,13 @@ from bench.fairness import fairness_metrics
 from bench.federated import run_federated
 from bench.artifacts import render
 from bench.metrics import score
+from bench.metrics.malicious import malicious_metrics
 from bench.auditing import audit_delta, audit_metrics, audit_verdict
 from bench.reference import make_many_simulator, reference_artifacts
-from bench.models import MODELS, build_model, num_params
+from bench.models import MODELS, build_model, flatten, num_params
 from bench.seeding import Seeds
 from bench.tracking import CellLog, MemoryCellLog
-from bench.types import AuditScores, Federation, Records, RoundRecord, Site, TrainingRecord
+from bench.types import AuditScores, Federation, PlanInputs, Records, RoundRecord, Site, TrainingRecord
 from bench.views import derive_views
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,22 @@ def privacy_tags(report: PrivacyReport, tags: Mapping[str, str]) -> dict[str, st
     return out
 
 
+def adversary_tags(plan, report: PrivacyReport, record: TrainingRecord) -> dict[str, str]:
+    """Every result names its adversary: ``adversary`` (``honest_but_curious`` or
+    ``malicious_server``), what a malicious server did, the rounds the hospitals refused, and
+    ``dp_holds_against_adversary=false`` where the server withheld the noise it accounts."""
+    if plan is None:
+        return {"adversary": "honest_but_curious"}
+    out = {"adversary": plan.adversary, "adversary_capabilities": ",".join(plan.capabilities)}
+    aborted = [r.round for r in record.rounds if r.aborted is not None]
+    if aborted:
+        out["rounds_aborted"] = ",".join(str(r) for r in aborted)
+    if plan.withhold_noise and report.is_dp and "client" in report.units():
+        out["dp_holds_against_adversary"] = "false"
+        out["dp_holds_against_adversary_reason"] = "the server withheld the central noise that client-level epsilon accounts"
+    return out
+
+
 def run_cell(cfg: ExperimentConfig, out: CellLog, on_round: Optional[Callable[[RoundRecord], None]] = None,
              on_phase: Optional[Callable[[str], None]] = None) -> CellResult:
     """Run one experiment cell and log everything to ``out``.
@@ -147,13 +164,21 @@ def run_cell(cfg: ExperimentConfig, out: CellLog, on_round: Optional[Callable[[R
         if on_round is not None:
             on_round(r)
 
+    # a malicious server declares what it does to the protocol before training (DESIGN.md)
+    plan_inputs = PlanInputs(info=fed.info, model_fn=model_fn, initial_params=flatten(initial), site_names=fed.site_names,
+                             site_sizes={s.name: len(s.train) for s in fed.sites}, rounds=cfg.train.rounds, population=fed.population)
+    plans = [a.server_plan(plan_inputs, seeds.rng("plan", spec.name)) for spec, a in zip(cfg.attacks, attacks) if hasattr(a, "server_plan")]
+    plan = plans[0] if plans else None
+    served_fn = plan.model_fn if plan is not None and plan.model_fn is not None else model_fn  # what the hospitals trained
+
     phase("training")
-    record = run_federated(fed, initial, defenses, cfg.train, cfg.privacy, seeds, on_round=stream)
+    record = run_federated(fed, initial, defenses, cfg.train, cfg.privacy, seeds, on_round=stream, plan=plan)
     metrics: dict[str, float] = dict(record.rounds[-1].utility)
     report = account(record.dp_events, cfg.privacy.accountant, cfg.privacy.delta, cfg.privacy.neighbouring)
     metrics.update(privacy_metrics(report))
     tags = dict(record.tags)
     tags.update(privacy_tags(report, tags))
+    tags.update(adversary_tags(plan, report, record))
     against, against_tags = against_metrics(defenses, report, cfg.privacy.accountant, cfg.privacy.neighbouring)
     metrics.update(against)  # the ε that still holds against each adversary (privacy/against/<adversary>/...)
     tags.update(against_tags)
@@ -165,8 +190,10 @@ def run_cell(cfg: ExperimentConfig, out: CellLog, on_round: Optional[Callable[[R
 
     simulate_many, why_not = make_many_simulator(cfg, fed.info)
     views = derive_views(
-        record, fed, model_fn, [a.threat_model for a in attacks], make_simulator(cfg, fed, model_fn),
+        record, fed, served_fn, [a.threat_model for a in attacks], make_simulator(cfg, fed, model_fn),
         simulate_many=simulate_many, reference_seed=seeds.int_seed("reference"), fallback_reason=why_not,
+        peer_site=next((getattr(a.params, "site", None) for a in attacks if a.threat_model == "peer"), None),
+        adversary=plan.adversary if plan is not None else "honest_but_curious",
     )
     # Audits are stated at δ ≤ 1e-5 (below the accountant's δ when a user set a larger one) and
     # compared with the accountant's ε for the audited party at that same δ.
@@ -184,6 +211,8 @@ def run_cell(cfg: ExperimentConfig, out: CellLog, on_round: Optional[Callable[[R
             metrics.update({f"audit/{spec.name}/{k}": v for k, v in scored.items()})
         else:
             scored = score(output, truth)  # ground truth meets the attack output only here
+            if hasattr(attack, "server_plan"):
+                scored.update(malicious_metrics(output, truth))
             metrics.update({f"attack/{spec.name}/{k}": v for k, v in scored.items()})
         metrics[f"cost/attack/{spec.name}/seconds"] = time.perf_counter() - t_a
         for path, data in render(output, truth, fed.info, spec.name).items():
@@ -193,7 +222,7 @@ def run_cell(cfg: ExperimentConfig, out: CellLog, on_round: Optional[Callable[[R
     for path, data in ref_files.items():
         out.bytes(data, path)
     metrics.update(ref_metrics)
-    metrics.update(fairness_metrics(cfg.fairness, fed, truth, model_fn(), record.final_params, outputs))  # scoring's side: truth meets outputs
+    metrics.update(fairness_metrics(cfg.fairness, fed, truth, served_fn(), record.final_params, outputs))  # scoring's side: truth meets outputs
     audit, audit_tags = audit_verdict(audits, observed)
     metrics.update(audit)
     tags.update(audit_tags)

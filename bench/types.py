@@ -21,8 +21,8 @@ import numpy as np
 if TYPE_CHECKING:  # torch is imported where it is used: `import bench.cli` (privbench --version) stays torch-free
     import torch
 
-ThreatModel = Literal["outsider", "server"]
-THREAT_MODELS: tuple[str, ...] = ("outsider", "server")
+ThreatModel = Literal["outsider", "server", "peer"]
+THREAT_MODELS: tuple[str, ...] = ("outsider", "server", "peer")
 
 
 class ConfigError(ValueError):
@@ -275,6 +275,17 @@ class CanaryDirections:
             v = dct(v * self.signs, type=2, norm="ortho")
         return v[self.coordinates]
 
+    def project_many(self, rows: torch.Tensor) -> np.ndarray:
+        """⟨v_s, dᵢ⟩ for every row v_s of ``rows`` (S, P) and every canary i, shape (S, m)."""
+        import torch
+
+        v = rows.detach().reshape(rows.shape[0], -1).to(torch.float64).numpy()
+        if self.kind == "random":
+            from scipy.fft import dct
+
+            v = dct(v * self.signs[None, :], type=2, norm="ortho", axis=1)
+        return v[:, self.coordinates]
+
 
 @dataclass(frozen=True)
 class InsertedCanaries:
@@ -294,6 +305,7 @@ class InsertedCanaries:
     site: Optional[str] = None
     scale: float = 1.0
     seed: int = 0
+    clip: Optional[float] = None  # gradient canaries: the clip C they were crafted against (public: dp_sgd's config)
 
     def included_index(self) -> np.ndarray:
         return np.flatnonzero(self.included)
@@ -340,6 +352,9 @@ class LocalResult:
     num_steps: int
     num_samples: int
     mean_loss: float
+    # (steps, P) privatized gradients of every local step, logged only by a hospital whose
+    # DP-SGD a white-box audit instruments (the release the accountant's threat model assumes)
+    step_updates: Optional[torch.Tensor] = None
 
 
 @dataclass(frozen=True)
@@ -378,6 +393,11 @@ class RoundRecord:
     seconds: float
     aggregation_seconds: float
     bytes_per_client: float
+    step_updates: Mapping[str, torch.Tensor] = field(default_factory=dict)  # LocalResult.step_updates per hospital
+    # a malicious server's round (ServerPlan): the parameters it sent each hospital, when they
+    # differ from ``global_params``; and why the hospitals refused to train (a client-side check)
+    sent: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    aborted: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -389,6 +409,55 @@ class TrainingRecord:
     dp_events: tuple[DPEvent, ...]
     seconds: float
     tags: Mapping[str, str] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- malicious server
+
+#: what a malicious server may do to the protocol (DESIGN.md: an adversary is a party and a behaviour)
+MALICIOUS_CAPABILITIES: tuple[str, ...] = (
+    "send_different_models", "alter_parameters", "change_architecture", "withhold_noise", "claim_dropouts",
+)
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    """What a malicious server knows when it plans its behaviour, before training: the public
+    protocol (architecture, roster, sizes, rounds) and population data of the same
+    distribution (what an outsider has too). Never ground truth.
+    """
+
+    info: DatasetInfo
+    model_fn: ModelFactory
+    initial_params: torch.Tensor
+    site_names: tuple[str, ...]
+    site_sizes: Mapping[str, int]
+    rounds: int
+    population: Records
+
+
+@dataclass(frozen=True)
+class ServerPlan:
+    """What a malicious server does to the protocol, declared by its attack before training
+    and applied by ``bench.federated.run_federated`` through the federation's own hooks.
+
+    Attributes:
+        capabilities: what it does, a subset of :data:`MALICIOUS_CAPABILITIES` (logged).
+        send: ``(round, site, global_params) -> params`` it sends that hospital (None: the
+            global model to everyone, as an honest server).
+        model_fn: the architecture it sends every hospital (None: the configured one).
+        initial: maps the configured model's initial parameters to ``model_fn``'s.
+        withhold_noise: the server skips the noise of its own hooks (``transform_aggregate``,
+            e.g. client_dp's central noise); the mechanism's bookkeeping still runs, so the
+            claimed ε is what the hospitals were promised, not what holds.
+        adversary: the party and behaviour, logged as the tag ``adversary``.
+    """
+
+    capabilities: tuple[str, ...]
+    send: Optional[Callable[[int, str, "torch.Tensor"], "torch.Tensor"]] = None
+    model_fn: Optional[ModelFactory] = None
+    initial: Optional[Callable[["torch.Tensor"], "torch.Tensor"]] = None
+    withhold_noise: bool = False
+    adversary: str = "malicious_server"
 
 
 # --------------------------------------------------------------------------- views
@@ -410,6 +479,14 @@ class ServerRound:
     updates: Optional[Mapping[str, torch.Tensor]]
     aggregate: torch.Tensor
     disclosures: Mapping[str, Disclosure]
+    # every privatized local step of an audited hospital (white-box audits only): what a
+    # server that sees each step, or the hospital's own logging, observes
+    step_updates: Optional[Mapping[str, torch.Tensor]] = None
+    # a malicious server knows what it sent to whom, and its aggregation weights; ``aborted``:
+    # the hospitals refused the round (client-side checks), so nothing came back
+    sent: Optional[Mapping[str, torch.Tensor]] = None
+    weights: Optional[Mapping[str, float]] = None
+    aborted: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -429,6 +506,8 @@ class ServerView:
     final_params: Optional[torch.Tensor] = None  # the released model after the last round
     canary_directions: Optional[CanaryDirections] = None  # what a white-box auditor crafted
     canary_site: Optional[str] = None  # gradient canaries: the hospital whose DP-SGD they entered
+    canary_clip: Optional[float] = None  # gradient canaries: the per-sample clip C they were crafted against
+    adversary: str = "honest_but_curious"  # or "malicious_server" (a ServerPlan acted on the protocol)
 
 
 @dataclass(frozen=True)
@@ -449,6 +528,29 @@ class OutsiderView:
     simulate: Optional[Callable[..., torch.Tensor]] = None
     reference_signals: Optional[Callable[[int], "ReferenceSignals"]] = None  # memoised per cell
     canaries: Optional[Records] = None  # audit canaries the auditor crafted (inclusion unknown)
+
+
+@dataclass(frozen=True)
+class PeerView:
+    """Threat model ``peer``: a hospital that follows the protocol but attacks the others.
+
+    It receives the global model every round and the released one, and holds its own data
+    and the updates it sent; it sees no other hospital's update. ``candidates`` are the
+    records it asks about, without its own training records (it knows those are members);
+    ``own_holdout`` are its own records that never entered training (its test split): known
+    non-members, the population reference a peer really has.
+    """
+
+    info: DatasetInfo
+    model_fn: ModelFactory
+    site: str
+    received: tuple[torch.Tensor, ...]  # the parameters it was sent at the start of each round (1..R)
+    final_params: torch.Tensor  # the released model after the last round
+    own_records: Records
+    own_holdout: Records
+    own_updates: tuple[Optional[torch.Tensor], ...]  # what it sent each round (None: not selected)
+    candidates: Records
+    site_sizes: Mapping[str, int]
 
 
 @dataclass(frozen=True)
@@ -509,6 +611,10 @@ class AuditScores:
     party: Optional[str]
     p_value: float = 0.05
     guess_counts: Optional[tuple[tuple[int, int], ...]] = None
+    # observations scored step by step with a likelihood-ratio statistic
+    # (``bench.metrics.audit.step_llr_scores``): not Gaussian-shaped, so no Gaussian-fit
+    # estimate, and their ceiling simulates every step
+    step_observations: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,15 @@ class Defense:
         once per run."""
         return type(self).transform_update is Defense.transform_update
 
+    def check_received(
+        self, received: Mapping[str, torch.Tensor], architectures: Mapping[str, str], configured: str, round: int
+    ) -> Optional[str]:
+        """Client side, before local training: each hospital's received parameters and the
+        fingerprint of the architecture it received (``bench.federated.architecture_of``),
+        beside the configured architecture's. Return why the hospitals refuse the round (they
+        then do not train; logged as ``RoundRecord.aborted``), or None to go on."""
+        return None
+
     def aggregate(
         self, updates: Mapping[str, torch.Tensor], weights: Mapping[str, float], ctx: ServerContext
     ) -> torch.Tensor:

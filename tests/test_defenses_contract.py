@@ -28,6 +28,7 @@ VALID = {
     "client_dp": {"noise_multiplier": 0.5, "clip_norm": 0.5, "adaptive": True, "clip_count_stddev": 1.0},
     "secure_aggregation": {"dropout_fraction": 0.3},
     "distributed_dp": {"noise_multiplier": 0.5, "clip_norm": 0.5, "min_contributors": 2},
+    "model_check": {"allowed_architectures": ["0123456789abcdef"]},
 }
 # settings each must refuse at load time (one-line ConfigError naming the defense)
 INVALID = {
@@ -37,6 +38,7 @@ INVALID = {
     "client_dp": [{"clip_norm": "inf"}, {"adaptive": True, "clip_count_stddev": 0.1}],
     "secure_aggregation": [{"neighbors": 3}, {"bits": 16}, {"dropout_fraction": 1.0}],
     "distributed_dp": [{"clip_norm": "inf"}, {"min_contributors": 0}, {"min_contributors": 4}],
+    "model_check": [{"allowed_architectures": ["not-a-fingerprint"]}],
 }
 
 

@@ -26,6 +26,7 @@ from bench.types import (
     ConfigError,
     MembershipScores,
     OutsiderView,
+    PeerView,
     Reconstructions,
     ServerView,
     SourceGuesses,
@@ -152,11 +153,12 @@ def test_image_only_model_refuses_tabular_data():
 
 # --------------------------------------------------------------------------- attacks
 
-VIEW_TYPES = {"outsider": OutsiderView, "server": ServerView}
+VIEW_TYPES = {"outsider": OutsiderView, "server": ServerView, "peer": PeerView}
 OUTPUT_TYPES = {"membership": MembershipScores, "source": SourceGuesses, "reconstruction": Reconstructions, "audit": AuditScores}
 # the smallest settings that exercise each attack end to end on the tiny federation
 ATTACK_SETTINGS = {
     "loss_threshold": {},
+    "peer_fedmia": {},
     "lira": {"num_references": 2},
     "rmia": {"num_references": 2, "num_z": 50},
     "update_cosine": {},
@@ -168,11 +170,17 @@ ATTACK_SETTINGS = {
     "dlg": {"iterations": 2, "restarts": 1},
     "inverting_gradients": {"iterations": 2, "restarts": 1},
     "tableak": {"iterations": 2, "restarts": 1},
+    "imprint": {"bins": 64},
+    "model_inconsistency": {"inversion": "analytic"},
+    "withheld_noise": {},
 }
+# attacks that need another model than the tiny federation's logreg
+ATTACK_MODELS = {"model_inconsistency": {"name": "mlp", "hidden": [8]}}
 # the defenses an attack audits (it refuses to run without them)
 ATTACK_DEFENSES = {
     "dpsgd_audit": [{"name": "dp_sgd", "noise_multiplier": 1.0}],
     "client_canary_audit": [{"name": "client_dp", "noise_multiplier": 1.0}],
+    "withheld_noise": [{"name": "client_dp", "noise_multiplier": 1.0}],
 }
 # the headline metric each kind of attack must produce
 HEADLINE = {"membership": "auc", "source": "accuracy", "reconstruction": "feature_accuracy", "audit": "epsilon_lower_bound"}
@@ -213,7 +221,8 @@ def test_every_attack_runs_end_to_end(name, monkeypatch):
 
     monkeypatch.setattr(cls, "run", spy)
     raw = tiny_raw(attacks=[{"name": name, **ATTACK_SETTINGS[name]}], train__rounds=2, train__batch_size=4,
-                   data__members_per_site=4, defenses=ATTACK_DEFENSES.get(name, []))
+                   data__members_per_site=4, defenses=ATTACK_DEFENSES.get(name, []),
+                   model=ATTACK_MODELS.get(name, {"name": "logreg"}))
     result = run_in_memory(parse_experiment(raw))
     assert seen["view"] is VIEW_TYPES[cls.threat_model]
     assert seen["output"] is OUTPUT_TYPES[cls.kind]
