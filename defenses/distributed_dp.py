@@ -126,7 +126,7 @@ class DistributedDP(Defense):
         super().__init__(params)
         self.facts: Optional[FederationFacts] = None
         self.t = params.min_contributors
-        self.rounds_done = 0
+        self._rounds: set[int] = set()
         self.aggregator: Optional[Defense] = None  # the defense that replaces aggregation (secure_aggregation)
         self._tags: dict[str, str] = {}
 
@@ -153,7 +153,14 @@ class DistributedDP(Defense):
         t = self.t or (self.facts.sites_per_round if self.facts is not None else 1)
         return share_std(self.params.noise_multiplier, self.params.clip_norm, t)
 
+    @property
+    def rounds_done(self) -> int:
+        """Rounds in which hospitals added shares (no server hook: nothing here runs on the server,
+        so a server that withholds its own noise has nothing of this defense to withhold)."""
+        return len(self._rounds)
+
     def transform_update(self, update: torch.Tensor, ctx: ClientContext) -> torch.Tensor:
+        self._rounds.add(ctx.round)
         return on_rows(self.update_stack, update, ctx.generator)
 
     # ---- the math, on a stack of K federations (the target: K = 1)
@@ -167,10 +174,6 @@ class DistributedDP(Defense):
             c + torch.normal(0.0, 1.0, size=c.shape, generator=g, dtype=c.dtype) * std for c, g in zip(clipped, generators)
         ]
         return torch.stack(rows)
-
-    def transform_aggregate(self, aggregate, ctx):
-        self.rounds_done += 1  # no server-side noise: only counts the rounds the accountant sees
-        return aggregate
 
     # ---- accounting
     def shares_per_round(self) -> list[tuple[int, int]]:

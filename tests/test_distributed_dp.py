@@ -27,6 +27,8 @@ def _facts(n: int = 4, rounds: int = 5) -> FederationFacts:
 def _run_rounds(d, n: int, rounds: int) -> None:
     """Drive the hooks as the engine does (no aggregator bound: every participant is in the sum)."""
     for r in range(1, rounds + 1):
+        for i in range(n):
+            d.transform_update(torch.zeros(3), ClientContext(f"h{i}", r, 50, torch.Generator().manual_seed(i)))
         d.transform_aggregate(torch.zeros(3), ServerContext(r, tuple(f"h{i}" for i in range(n)), torch.Generator()))
 
 
