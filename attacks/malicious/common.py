@@ -20,9 +20,9 @@ ADVERSARY = "malicious_server"
 def check_one_malicious(name: str, cfg: Any) -> None:
     """One server per federation: refuse a cell with two malicious-server attacks (their plans
     would contradict each other)."""
-    from bench.components import component_class
+    from attacks.base import ATTACKS
 
-    malicious = [s.name for s in cfg.attacks if hasattr(component_class("attack", s.name), "server_plan")]
+    malicious = [s.name for s in cfg.attacks if hasattr(ATTACKS.get(s.name), "server_plan")]
     if len(malicious) > 1:
         raise ConfigError(
             f"attacks: {malicious[0]!r} and {malicious[1]!r} are both a malicious server; one server acts per cell, keep one"
@@ -32,9 +32,9 @@ def check_one_malicious(name: str, cfg: Any) -> None:
 def refuse_outsiders(name: str, cfg: Any, why: str) -> None:
     """Refuse outsider attacks in the same cell (their reference federations replay the
     configured protocol, not the one this server ran)."""
-    from bench.components import component_class
+    from attacks.base import ATTACKS
 
-    others = [s.name for s in cfg.attacks if component_class("attack", s.name).threat_model != "server"]
+    others = [s.name for s in cfg.attacks if ATTACKS.get(s.name).threat_model != "server"]
     if others:
         raise ConfigError(f"attacks: {others[0]!r} cannot share a cell with {name!r} ({why}); run it in another cell")
 
