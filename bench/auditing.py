@@ -22,7 +22,7 @@ import dataclasses
 import functools
 import logging
 import math
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -56,19 +56,40 @@ def party_events(output: AuditScores, events: Sequence[DPEvent]) -> tuple[DPEven
     return tuple(e for e in events if e.unit == output.unit and e.party == output.party)
 
 
-def idealized_mechanism(output: AuditScores, events: Sequence[DPEvent]):
-    """``simulate(rng) -> (scores, included)`` of the mechanism the accountant was told about,
-    seen the way this white-box audit sees it; ``None`` when there is no such model
-    (black-box audits, no DP, several composed mechanisms)."""
+def weakened_mechanism(output: AuditScores, events: Sequence[DPEvent], observation: str):
+    """``make(sigma_factor, rate_factor) -> simulate(rng) -> (scores, included)``: the
+    mechanism the accountant was told about with σ divided by ``sigma_factor`` and q
+    multiplied by ``rate_factor`` (capped at 1), seen the way this white-box audit's
+    ``observation`` sees it (every step scored one by one, or their sum); ``None`` when there
+    is no such model (black-box audits, no DP, several composed mechanisms). ``make`` returns
+    ``None`` for a weakening the model has no form for (q of full-participation client_dp)."""
     evs = party_events(output, events)
     if output.party is None or len(evs) != 1:
         return None
     e, m = evs[0], len(output.ids)
     if e.unit == "record":
-        return functools.partial(stats.simulate_dpsgd_canaries, m, e.steps, e.sample_rate, e.noise_multiplier)
+        sim = stats.simulate_dpsgd_step_canaries if observation in output.step_observations else stats.simulate_dpsgd_canaries
+
+        def make(sigma_factor: float = 1.0, rate_factor: float = 1.0):
+            return functools.partial(sim, m, e.steps, min(1.0, e.sample_rate * rate_factor), e.noise_multiplier / sigma_factor)
+
+        return make
     if e.sample_rate != 1.0:
         return None
-    return functools.partial(stats.simulate_fedavg_canaries, m, e.steps, e.noise_multiplier)
+
+    def make_client(sigma_factor: float = 1.0, rate_factor: float = 1.0):
+        if rate_factor != 1.0:
+            return None
+        return functools.partial(stats.simulate_fedavg_canaries, m, e.steps, e.noise_multiplier / sigma_factor)
+
+    return make_client
+
+
+def idealized_mechanism(output: AuditScores, events: Sequence[DPEvent], observation: Optional[str] = None):
+    """``simulate(rng) -> (scores, included)`` of the mechanism the accountant was told about
+    (:func:`weakened_mechanism` with no weakening); ``None`` when there is no such model."""
+    make = weakened_mechanism(output, events, observation or next(iter(output.observations)))
+    return None if make is None else make(1.0, 1.0)
 
 
 def accountant_epsilon(output: AuditScores, events: Sequence[DPEvent], accountant: str, delta: float) -> float:
@@ -111,6 +132,57 @@ def profile_rejected(profile: tuple[np.ndarray, np.ndarray], m: int, r: int, v: 
     return bool(stats.fdp_rejects(psi, m, r, v, level))
 
 
+def certified_flag(profile, eps: float, delta: float, p: float, guess_counts) -> Callable[[np.ndarray, np.ndarray], bool]:
+    """``flags(scores, included)``: whether the audit's certified verdict (``violation``) would
+    fire on these canary scores, with the audit's own guess rules and level. The claimed
+    profile holds the pair (ε, δ) itself, and rejecting that pair rejects the profile, so
+    "certified bound above ε, or profile rejected" is "profile rejected" (one test per rule,
+    no bound search); without a profile, the pair alone."""
+    claim = profile if profile is not None else (np.asarray([eps]), np.asarray([delta]))
+
+    def flags(scores: np.ndarray, included: np.ndarray) -> bool:
+        m = len(scores)
+        rules = tuple(guess_counts) if guess_counts is not None else stats.default_guess_counts(m)
+        level = p / len(rules)
+        for k_pos, k_neg in rules:
+            r, v = stats.count_correct(stats.guesses(scores, k_pos, k_neg), included)
+            if profile_rejected(claim, m, r, v, level):
+                return True
+        return False
+
+    return flags
+
+
+def power_metrics(output: AuditScores, events: Sequence[DPEvent], observation: str, profile, eps: float, delta: float,
+                  accountant: str, rng: np.random.Generator, reps: int = 10) -> dict[str, float]:
+    """The audit's detection power in ``observation`` (issue: "power, not a boolean"):
+
+    * ``detectable_factor`` — the smallest k such that the claimed mechanism with σ/k is
+      flagged as a certified violation in ≥ 80 % of idealized runs (same canaries, guesses,
+      level, δ); ``inf``: vacuous, no weakening up to 16× would be caught;
+    * ``detectable_factor_rate`` — the same for q·k (record-level DP-SGD only);
+    * ``detectable_epsilon_ratio`` — ε of the mechanism weakened by ``detectable_factor`` over
+      the claimed ε (the accountant at the audit's δ): "would catch ε understated by ≥ this".
+
+    NaN where the mechanism has no idealized model (black-box audits, composed mechanisms);
+    a black-box audit whose maximum certifiable ε is below the claim is vacuous (``inf``).
+    """
+    make = weakened_mechanism(output, events, observation)
+    if make is None or not math.isfinite(eps):
+        return {}
+    flags = certified_flag(profile, eps, delta, output.p_value, output.guess_counts)
+    out = {"detectable_factor": stats.detectable_factor(lambda k, g: make(k, 1.0)(g), flags, rng, reps)}
+    if make(1.0, 2.0) is not None:
+        out["detectable_factor_rate"] = stats.detectable_factor(lambda k, g: make(1.0, k)(g), flags, rng, reps)
+    k = out["detectable_factor"]
+    if math.isfinite(k):
+        evs = [dataclasses.replace(e, noise_multiplier=e.noise_multiplier / k) for e in party_events(output, events)]
+        out["detectable_epsilon_ratio"] = _ratio(accountant_epsilon(output, evs, accountant, delta), eps)
+    else:
+        out["detectable_epsilon_ratio"] = math.inf
+    return out
+
+
 def claim_test(scores: np.ndarray, included: np.ndarray, profile, p: float, guess_counts) -> dict[str, float]:
     """``claim_rejected`` (the data reject the accountant's profile at level p, Bonferroni over
     the guess rules) and ``claim_rejectable`` (all guesses right would: the audit can fail)."""
@@ -141,17 +213,31 @@ def audit_metrics(
     """Every number of one audit, keyed relative to ``audit/<name>/``."""
     included = _included(output, truth)
     eps = accountant_epsilon(output, events, accountant, delta)
-    mechanism = idealized_mechanism(output, events)
     out: dict[str, float] = {
         "delta": float(delta), "canaries": float(len(included)), "accountant_epsilon": eps, "p_value": float(output.p_value),
     }
     profile = claimed_profile(output, events, accountant)
-    ceil = None
-    if mechanism is not None:
-        ceil = stats.ceiling(mechanism, delta, rng, reps=ceiling_reps, p=output.p_value, guess_counts=output.guess_counts)
     primary = next(iter(output.observations))
+    ceilings: dict[bool, Optional[dict]] = {}  # one ceiling per kind of statistic (summed or step by step)
+    powers: dict[bool, dict[str, float]] = {}  # likewise the detection power
     for obs, scores in output.observations.items():
+        stepwise = obs in output.step_observations
+        if stepwise not in ceilings:
+            mechanism = idealized_mechanism(output, events, obs)
+            ceilings[stepwise] = None if mechanism is None else stats.ceiling(
+                mechanism, delta, rng, reps=ceiling_reps, p=output.p_value, guess_counts=output.guess_counts
+            )
+        ceil = ceilings[stepwise]
         s = stats.audit_summary(scores, included, delta, output.p_value, output.guess_counts, rng=rng)
+        if stepwise:  # a likelihood-ratio sum is not Gaussian-shaped: its Gaussian fit estimates nothing
+            for k in [k for k in s if k.startswith("epsilon_estimate")]:
+                s[k] = math.nan
+        if obs == primary or stepwise:  # the idealized model sees every update (or step): not the final model alone
+            if stepwise not in powers:
+                powers[stepwise] = power_metrics(output, events, obs, profile, eps, delta, accountant, rng)
+            s.update(powers[stepwise])
+        if not math.isfinite(s.get("detectable_factor", math.nan)) and s["max_certifiable_epsilon"] <= eps:
+            s["detectable_factor"] = math.inf  # even every guess right could not contradict the claim
         if ceil is not None:
             s["ceiling_epsilon_lower_bound"] = ceil["epsilon_lower_bound"]
             s["ceiling_epsilon_lower_bound_steinke"] = ceil["epsilon_lower_bound_steinke"]
@@ -161,30 +247,56 @@ def audit_metrics(
             s.update(claim_test(scores, included, profile, output.p_value, output.guess_counts))
         s["bound_to_accountant"] = _ratio(s["epsilon_lower_bound"], eps)
         s["estimate_to_accountant"] = _ratio(s["epsilon_estimate"], eps)
+        # the uncertified tier: the estimate's lower 95 % end above the claim
+        s["suspect"] = float(s.get("epsilon_estimate_low", math.nan) > eps) if math.isfinite(eps) else math.nan
         s.pop("delta", None)
         s.pop("canaries", None)
         out.update({f"{obs}/{k}": v for k, v in s.items()})
         if obs == primary:
             out.update({k: s[k] for k in HEADLINE if k in s})
+    # the audit flags when any observation does: its power is the best observation's
+    powers = [(out[f"{o}/detectable_factor"], out.get(f"{o}/detectable_epsilon_ratio", math.nan))
+              for o in output.observations if f"{o}/detectable_factor" in out]
+    if powers:
+        out["detectable_factor"], out["detectable_epsilon_ratio"] = min(powers, key=lambda kv: kv[0])
+    if math.isfinite(eps):
+        out["suspect"] = float(any(out.get(f"{o}/suspect", 0.0) > 0 for o in output.observations))
     return out
 
 
-def audit_verdict(per_audit: Mapping[str, Mapping[str, float]], observations: Mapping[str, Sequence[str]]) -> tuple[dict[str, float], dict[str, str]]:
-    """The cell's verdict over its audits.
+def power_words(factor: float, epsilon_ratio: float) -> str:
+    """An audit's power in words, for tags, the CLI and the report."""
+    if math.isnan(factor):
+        return "power unknown (no idealized model of this audit)"
+    if math.isinf(factor):
+        return "vacuous: would not catch even a 16x weaker mechanism"
+    ratio = f" (epsilon understated >= {epsilon_ratio:.1f}x)" if math.isfinite(epsilon_ratio) else ""
+    return f"would catch noise understated >= {factor:g}x{ratio}"
 
-    ``audit_violation=true`` when any audit, in any observation, certifies an ε above the
-    accountant's ε for the audited party at the audit's δ, or rejects the accountant's whole
-    claimed privacy profile (``claim_rejected``): a bug in the accountant, the mechanism or
-    the audit. ``audit_can_fail=false`` when no audit could certify as much as
-    the accountant's ε (its ``max_certifiable_epsilon`` is below it): then "no violation"
-    says nothing. The cell-level ``audit/epsilon_lower_bound`` and ``audit/accountant_epsilon``
-    are those of the audit whose bound comes closest to (or furthest past) its accountant ε.
+
+def audit_verdict(per_audit: Mapping[str, Mapping[str, float]], observations: Mapping[str, Sequence[str]]) -> tuple[dict[str, float], dict[str, str]]:
+    """The cell's verdict over its audits, in two tiers never confused:
+
+    * ``violation`` (certified): an audit, in any observation, certifies an ε above the
+      accountant's ε for the audited party at the audit's δ, or rejects the accountant's whole
+      claimed privacy profile (``claim_rejected``) — a bug in the accountant, the mechanism or
+      the audit, at 95 % confidence;
+    * ``suspect`` (uncertified): no violation, but an estimate's lower 95 % end lies above the
+      accountant's ε (``suspect``); its false-alarm rate on honest code is in docs/bench-audit.md;
+    * ``no_violation``, or ``vacuous`` when no audit in the cell has the power to catch any
+      weakening up to 16× (``detectable_factor`` = inf): then "no violation" says nothing.
+
+    Tags: ``audit_verdict`` (the tier), ``audit_violation``, ``audit_suspect`` and
+    ``audit_power`` (the best audit's power in words). The cell-level ``audit/epsilon_lower_bound``
+    and ``audit/accountant_epsilon`` are those of the audit whose bound comes closest to (or
+    furthest past) its accountant ε; ``audit/detectable_factor`` is the smallest over audits.
     """
     if not per_audit:
         return {}, {}
     tags: dict[str, str] = {}
     worst, worst_ratio = None, -math.inf
-    violated, can_fail, comparable = False, False, False
+    violated, suspect, comparable = False, False, False
+    best_power, best_ratio = math.nan, math.nan
     for name, m in per_audit.items():
         eps = m.get("accountant_epsilon", math.nan)
         bounds = {o: m[f"{o}/epsilon_lower_bound"] for o in observations[name]}
@@ -194,9 +306,12 @@ def audit_verdict(per_audit: Mapping[str, Mapping[str, float]], observations: Ma
         if not math.isfinite(eps):
             continue
         comparable = True
-        can_fail = can_fail or any(
-            m[f"{o}/max_certifiable_epsilon"] > eps or m.get(f"{o}/claim_rejectable", 0.0) > 0 for o in observations[name]
-        )
+        k = m.get("detectable_factor", math.nan)
+        if math.isnan(k) and all(m[f"{o}/max_certifiable_epsilon"] <= eps and not m.get(f"{o}/claim_rejectable", 0.0) > 0
+                                 for o in observations[name]):
+            k = math.inf  # no idealized model, but even every guess right could not contradict the claim
+        if not math.isnan(k) and (math.isnan(best_power) or k < best_power):
+            best_power, best_ratio = k, m.get("detectable_epsilon_ratio", math.nan)
         for o, b in bounds.items():
             if b > eps + 1e-9:
                 violated = True
@@ -211,17 +326,29 @@ def audit_verdict(per_audit: Mapping[str, Mapping[str, float]], observations: Ma
                     "the other (epsilon, delta) pairs it claims) at confidence %.0f%%; the accountant, the DP mechanism "
                     "or the audit has a bug", name, o, eps, m["delta"], 100 * (1 - m.get("p_value", 0.05)),
                 )
+            if m.get(f"{o}/suspect", 0.0) > 0:
+                suspect = True
     w = per_audit[worst]
     out = {"audit/epsilon_lower_bound": w["epsilon_lower_bound"], "audit/delta": w["delta"],
            "audit/max_certifiable_epsilon": w["max_certifiable_epsilon"], "audit/epsilon_estimate": w["epsilon_estimate"]}
     if comparable:
         out["audit/accountant_epsilon"] = w["accountant_epsilon"]
-        tags["audit_violation"] = str(violated).lower()
-        tags["audit_can_fail"] = str(can_fail).lower()
-        if not can_fail:
+        if not math.isnan(best_power):
+            out["audit/detectable_factor"] = best_power
+        verdict = "violation" if violated else "suspect" if suspect else "vacuous" if math.isinf(best_power) else "no_violation"
+        if verdict == "suspect":
             log.warning(
-                "audit: no audit in this cell could certify the accountant's epsilon (max certifiable %.3f < %.3f); "
-                "'no violation' is vacuous here: use more canaries or a white-box audit", w["max_certifiable_epsilon"],
-                w["accountant_epsilon"],
+                "AUDIT SUSPECT: an audit's epsilon estimate lies above the accountant's epsilon at its lower 95%% end "
+                "(uncertified: see docs/bench-audit.md for its false-alarm rate); the DP mechanism may be weaker than claimed"
+            )
+        tags["audit_verdict"] = verdict
+        tags["audit_violation"] = str(violated).lower()
+        tags["audit_suspect"] = str(suspect and not violated).lower()
+        tags["audit_power"] = power_words(best_power, best_ratio)
+        if verdict == "vacuous":
+            log.warning(
+                "audit: no audit in this cell could catch even a 16x weaker mechanism (max certifiable %.3f vs the "
+                "accountant's %.3f); 'no violation' is vacuous here: use more canaries or a white-box audit",
+                w["max_certifiable_epsilon"], w["accountant_epsilon"],
             )
     return out, tags

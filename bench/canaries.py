@@ -4,8 +4,8 @@ Two kinds (DESIGN.md, "audits are attacks that can fail"):
 
 * **gradient canaries** (Nasr et al. 2023, "Tight auditing of differentially private machine
   learning"; Steinke, Nasr, Jagielski 2023, white-box setting): inside one hospital's DP-SGD,
-  each included canary is a per-sample gradient ``scale·C·dᵢ`` that joins every step
-  with the records' Poisson rate q and goes through the same clipping and noise;
+  each included canary is an extra row of the hospital's training data whose per-sample
+  gradient is ``scale·C·dᵢ``: the records' own sampler, batching, clipping and noise act on it;
 * **canary clients** (Andrew et al., ICLR 2024, "One-shot empirical privacy estimation for
   federated learning"): each included canary is a client whose update, every round, is
   ``C·dᵢ`` with C the client-level clip.
@@ -56,6 +56,7 @@ def insert_audit_canaries(
     directions: str = "dirac",
     site: Optional[str] = None,
     scale: float = 1.0,
+    clip: Optional[float] = None,
 ) -> tuple[Federation, dict]:
     """Return a federation that carries ``m`` canaries of ``kind`` (``gradient`` or ``client``),
     each included with probability ½, and the ground-truth fields (for
@@ -67,24 +68,27 @@ def insert_audit_canaries(
     dirs = make_directions(directions, m, num_params, _first_free_id(fed), rng)
     included = rng.random(m) < 0.5
     inserted = InsertedCanaries(
-        kind=kind, directions=dirs, included=included, site=site, scale=float(scale), seed=int(rng.integers(2**62))
+        kind=kind, directions=dirs, included=included, site=site, scale=float(scale), seed=int(rng.integers(2**62)),
+        clip=None if clip is None else float(clip),
     )
     new_fed = dataclasses.replace(fed, audit_canaries=inserted)
     return new_fed, {"canary_ids": dirs.ids.copy(), "canary_included": included.copy()}
 
 
-class GradientCanarySampler:
-    """The gradient canaries of one hospital, as per-sample gradient rows for each DP-SGD step.
+class GradientCanaryRows:
+    """The included gradient canaries of one hospital, as extra rows of its training data.
 
-    Every included canary joins each step independently with probability ``sample_rate``
-    (the records' Poisson rate), from its own random stream (so the records' batches and
-    the noise are drawn exactly as without canaries).
+    Canary ``j`` (the j-th included one) is row ``n + j`` of the hospital's DP-SGD: the
+    records' own sampler draws it (the same Poisson mask, the same batches, whatever bug that
+    code has), and at the one place per-sample gradients are formed its gradient is the
+    crafted row ``scale·C·d_j`` instead of a loss gradient; clipping, summing and noise then
+    treat it exactly as a record. So a bug in sampling, batch assembly, clipping or noise acts
+    on the canaries as it acts on the records (DESIGN.md: canaries travel the records' path).
     """
 
-    def __init__(self, canaries: InsertedCanaries, sample_rate: float, clip: float, shapes: list[torch.Size]) -> None:
+    def __init__(self, canaries: InsertedCanaries, clip: float, shapes: list[torch.Size]) -> None:
         self.canaries = canaries
         self.index = canaries.included_index()
-        self.q = float(sample_rate)
         self.value = float(canaries.scale) * float(clip)
         self.table = canaries.directions.rows(self.index) * self.value  # built once: (included, P)
         self.shapes = shapes
@@ -92,14 +96,14 @@ class GradientCanarySampler:
         if sum(self.sizes) != canaries.directions.num_params:
             raise ValueError(f"gradient canaries built for {canaries.directions.num_params} parameters; the model has {sum(self.sizes)}")
 
-    def rng(self, round_index: int) -> np.random.Generator:
-        return np.random.default_rng([self.canaries.seed, int(round_index)])
+    def __len__(self) -> int:
+        return len(self.index)
 
-    def rows(self, rng: np.random.Generator) -> list[torch.Tensor]:
-        """One step's canary rows, split per parameter: ``[(k, *shape) for each parameter]``."""
-        chosen = torch.from_numpy(np.flatnonzero(rng.random(len(self.index)) < self.q))
-        flat = self.table[chosen]
-        return [chunk.reshape(len(chosen), *shape) for chunk, shape in zip(torch.split(flat, self.sizes, dim=1), self.shapes)]
+    def rows(self, positions: torch.Tensor) -> list[torch.Tensor]:
+        """The per-sample gradient rows of the canaries at ``positions`` (0-based among the
+        included canaries), split per parameter: ``[(k, *shape) for each parameter]``."""
+        flat = self.table[positions]
+        return [chunk.reshape(len(positions), *shape) for chunk, shape in zip(torch.split(flat, self.sizes, dim=1), self.shapes)]
 
 
 def client_canary_updates(canaries: InsertedCanaries) -> tuple[tuple[str, ...], torch.Tensor]:

@@ -73,7 +73,9 @@ _NOTES = {
     "attack_only": "attack-only: a gradient-inversion cell (one round on a few records); its accuracy is not a utility result",
     "maj": "maj: test accuracy of always answering the majority class",
     "violation": "VIOLATION: an audit certified more ε than the accountant claims (a bug in the accountant, mechanism or audit)",
-    "vacuous": "vacuous: no audit in the cell could certify the accountant's ε, so 'no violation' says nothing",
+    "suspect": "SUSPECT: an audit's ε estimate (uncertified) lies above the accountant's ε at its lower 95% end",
+    "vacuous": "vacuous: no audit in the cell could catch even a 16× weaker mechanism, so 'no violation' says nothing",
+    "power": "k×: the audit's power: it would catch the noise understated by ≥ k× (audit/detectable_factor; tag audit_power)",
 }
 
 
@@ -165,15 +167,22 @@ def format_membership(m: Mapping[str, float], level: float = SUMMARY_FPR) -> tup
 
 
 def format_audit(m: Mapping[str, float], tags: Mapping[str, str]) -> str:
-    """``ε≥<bound>`` of the cell's audit, with ``VIOLATION`` or ``vacuous`` where the tags say so."""
+    """``ε≥<bound>`` of the cell's audit with its verdict tier (``VIOLATION``, ``SUSPECT``,
+    ``vacuous``) or, without one, its power (``k×``: catches σ understated by ≥ k×)."""
     bound = m.get("audit/epsilon_lower_bound")
     if bound is None:
         return "-"
     text = f"ε≥{bound:.2f}"
+    verdict = tags.get("audit_verdict")
     if tags.get("audit_violation") == "true":
         return text + " VIOLATION!"
-    if tags.get("audit_can_fail") == "false":
+    if verdict == "suspect":
+        return text + " SUSPECT"
+    if verdict == "vacuous":
         return text + " vacuous"
+    k = m.get("audit/detectable_factor")
+    if k is not None and math.isfinite(k):
+        return f"{text} {k:g}×"
     return text
 
 
@@ -263,7 +272,8 @@ def _summary_table(rows: Sequence[SummaryRow]) -> str:
         lines.append(_line(cells))
         used |= {k for k, hit in (("mia", cells[2] != ""), ("weak", cells[0].endswith("!")), ("attack_only", cells[5] == "attack-only"),
                                    ("maj", "maj" in cells[5]), ("violation", "VIOLATION" in cells[3]),
-                                   ("vacuous", "vacuous" in cells[3])) if hit}
+                                   ("suspect", "SUSPECT" in cells[3]), ("vacuous", "vacuous" in cells[3]),
+                                   ("power", cells[3].endswith("×"))) if hit}
     lines += [_fit(_NOTES[k], SUMMARY_WIDTH) for k in _NOTES if k in used]
     return "\n".join(lines)
 

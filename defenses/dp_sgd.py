@@ -340,21 +340,51 @@ class DPTrainer:
                     "defenses.dp_sgd.grad_sample_mode: 'ghost' stores no per-sample gradients, so gradient canaries "
                     "cannot be inserted; use grad_sample_mode: ew for the white-box audit"
                 )
-            from bench.canaries import GradientCanarySampler
+            from bench.canaries import GradientCanaryRows
 
-            self.canaries = GradientCanarySampler(
-                plain.canaries, self.sample_rate, clip, [p.shape for p in self.model.parameters()]
-            )
+            self.canaries = GradientCanaryRows(plain.canaries, clip, [p.shape for p in self.model.parameters()])
+        # the rows the sampler draws from: the records, then the included gradient canaries
+        # (the white-box audit's canaries are rows of this hospital's data: bench.canaries)
+        self.n_rows = n + (len(self.canaries) if self.canaries is not None else 0)
+        # the audited hospital logs every privatized step (the release the accountant assumes)
+        self.step_log: Optional[list[torch.Tensor]] = [] if self.canaries is not None else None
 
-    def _insert_canaries(self, rng) -> None:
-        # White-box audit: each included gradient canary joins this step with probability q,
-        # as per-sample gradient rows that Opacus's own clip_and_accumulate clips and adds to
+    def _split(self, idx: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """A step's sampled rows as (record indices, canary positions or None)."""
+        if self.canaries is None:
+            return idx, None
+        is_record = idx < self.n
+        canary = idx[~is_record] - self.n
+        return idx[is_record], (canary if canary.numel() else None)
+
+    def _record_bound(self) -> Any:
+        """The per-sample clipping bound of this step's rows: C (or C·s_i with group_clip)."""
+        opt = self.optimizer
+        return opt.clip_bound.unsqueeze(0) if opt.clip_bound is not None else self.clip
+
+    def _step_noise_std(self) -> float:
+        # read every step, as DPOptimizer does (the noise mutants change noise_multiplier)
+        return self.optimizer.noise_multiplier * self.optimizer.max_grad_norm
+
+    def _privatize(self, summed, noise_std: float, ebs: float, gens) -> tuple[torch.Tensor, ...]:
+        """The released step: (clipped sum + N(0, noise_std²)) / expected batch size."""
+        from bench.engine import noisy_mean
+
+        return noisy_mean(summed, noise_std, ebs, gens)
+
+    def _log_step(self, grads: Sequence[torch.Tensor]) -> None:
+        if self.step_log is not None:
+            self.step_log.append(torch.cat([g.detach().reshape(-1) for g in grads]).clone())
+
+    def _insert_canaries(self, positions: Optional[torch.Tensor]) -> None:
+        # White-box audit: the canaries the records' sampler drew into this step enter as
+        # per-sample gradient rows that Opacus's own clip_and_accumulate clips and adds to
         # the step's clipped sum (p.summed_grad) before the records' rows join it in step():
         # the noise then covers both, exactly as if the canaries were records (no copy of
         # the records' per-sample gradients is needed).
-        rows = self.canaries.rows(rng)
-        if len(rows[0]) == 0:
+        if positions is None:
             return
+        rows = self.canaries.rows(positions)
         params = self.optimizer.params
         records = [p.grad_sample for p in params]
         for p, extra in zip(params, rows):
@@ -370,19 +400,20 @@ class DPTrainer:
             p.grad_sample = g
 
     def _batches(self, generator: torch.Generator):
+        """Each step's sampled rows (indices into the records, then the audit's canary rows)."""
         if self.sampling == "poisson":
             # Poisson sampling exactly as Opacus's ``UniformWithReplacementSampler`` draws it
             # (one ``torch.rand(n) < q`` mask per step from the same generator, interleaved with
             # the noise draws in the same order), without its list round trip per step.
-            n, q = self.n, self.sample_rate
+            n, q = self.n_rows, self.sample_rate
             for _ in range(self.round_steps):
                 yield (torch.rand(n, generator=generator) < q).nonzero().view(-1)
             return
         # "shuffle": exactly PlainTrainer's order (same generator calls), for equivalence tests
         b = self.settings.batch_size
         for _ in range(self.settings.epochs):
-            order = torch.randperm(self.n, generator=generator)
-            for start in range(0, self.n, b):
+            order = torch.randperm(self.n_rows, generator=generator)
+            for start in range(0, self.n_rows, b):
                 yield order[start : start + b]
 
     def _empty_step(self) -> None:
@@ -393,10 +424,11 @@ class DPTrainer:
             p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
             p.grad = torch.zeros_like(p)
 
-    def _step(self, canary_rng) -> None:
-        if self.canaries is not None:
-            self._insert_canaries(canary_rng)
+    def _step(self, canary_positions) -> None:
+        self._insert_canaries(canary_positions)
         self.optimizer.step()
+        if self.step_log is not None:  # DPOptimizer leaves the released (noisy, scaled) gradient in p.grad
+            self._log_step([p.grad for p in self.optimizer.params])
 
     def train(self, global_params: torch.Tensor, generator: torch.Generator) -> LocalResult:
         """Start from ``global_params``; return the DP-trained parameters.
@@ -407,21 +439,23 @@ class DPTrainer:
         self.model.train()
         self.optimizer.original_optimizer.state = collections.defaultdict(dict)
         self.optimizer.generator = generator
-        x, y = self.data.x, self.data.y
-        canary_rng = self.canaries.rng(self.rounds_taken) if self.canaries is not None else None
+        if self.step_log is not None:
+            self.step_log = []
         if self.program is not None:
-            steps, mean_loss = self._train_engine(generator, canary_rng)
+            steps, mean_loss = self._train_engine(generator)
         else:
-            steps, mean_loss = self._train_opacus(generator, canary_rng)
+            steps, mean_loss = self._train_opacus(generator)
         self.steps_taken += steps
         self.rounds_taken += 1
-        return LocalResult(params=flatten(self.model), num_steps=steps, num_samples=self.n, mean_loss=mean_loss)
+        step_updates = torch.stack(self.step_log) if self.step_log else None
+        return LocalResult(params=flatten(self.model), num_steps=steps, num_samples=self.n, mean_loss=mean_loss,
+                           step_updates=step_updates)
 
-    def _train_engine(self, generator: torch.Generator, canary_rng) -> tuple[int, float]:
+    def _train_engine(self, generator: torch.Generator) -> tuple[int, float]:
         """One local round through ``bench.engine`` (the engine path of this trainer):
         per step the same Poisson mask (``_batches``), the clipped sum in closed form, the
-        canaries' rows clipped to C, one normal draw per parameter from ``generator``."""
-        from bench.engine import clip_rows, clipped_sum, noisy_mean
+        sampled canaries' rows clipped to C, one normal draw per parameter from ``generator``."""
+        from bench.engine import clip_rows, clipped_sum
 
         opt = self.optimizer
         explicit = opt.replaced_clipping()
@@ -432,21 +466,18 @@ class DPTrainer:
         # parameters in place, so the views always read the current values
         stack = [p.detach().unsqueeze(0) for p in params]
         steps, total, counted = 0, 0.0, 0
-        for idx in self._batches(generator):
+        for rows_drawn in self._batches(generator):
             opt.zero_grad(set_to_none=True)
-            # read every step, as DPOptimizer does (the noise mutants change noise_multiplier)
-            noise_std = opt.noise_multiplier * opt.max_grad_norm
-            ebs = int(idx.numel()) if self.sampling == "shuffle" else opt.expected_batch_size
-            rows = self.canaries.rows(canary_rng) if self.canaries is not None else None
-            if rows is not None and len(rows[0]) == 0:
-                rows = None
+            noise_std = self._step_noise_std()
+            ebs = int(rows_drawn.numel()) if self.sampling == "shuffle" else opt.expected_batch_size
+            idx, positions = self._split(rows_drawn)
+            rows = self.canaries.rows(positions) if positions is not None else None
             if self.row_bounds is not None:
                 opt.clip_bound = self.row_bounds[idx]  # C·s_i for each sampled record
             if explicit:
                 summed, losses = self._explicit_sum(idx, rows)
             else:
-                bound = opt.clip_bound.unsqueeze(0) if opt.clip_bound is not None else opt.max_grad_norm
-                s = clipped_sum(self.program, stack, x[idx].unsqueeze(0), y[idx].unsqueeze(0), bound)
+                s = clipped_sum(self.program, stack, x[idx].unsqueeze(0), y[idx].unsqueeze(0), self._record_bound())
                 summed, losses = s.grads, s.losses
                 if rows is not None:  # gradient canaries: clipped to C whatever the records' bounds
                     extra = clip_rows([r.to(p.dtype).unsqueeze(0) for r, p in zip(rows, params)], self.clip)
@@ -454,8 +485,10 @@ class DPTrainer:
             if losses.numel():
                 total += float(losses.mean())
                 counted += 1
-            for p, g in zip(params, noisy_mean(summed, noise_std, ebs, gens)):
+            released = self._privatize(summed, noise_std, ebs, gens)
+            for p, g in zip(params, released):
                 p.grad = g[0]
+            self._log_step(released)
             opt.step()
             steps += 1
         opt.zero_grad(set_to_none=True)
@@ -495,24 +528,25 @@ class DPTrainer:
         summed = tuple((p.summed_grad if p.summed_grad is not None else torch.zeros_like(p)).detach().unsqueeze(0) for p in opt.params)
         return summed, losses
 
-    def _train_opacus(self, generator: torch.Generator, canary_rng) -> tuple[int, float]:
+    def _train_opacus(self, generator: torch.Generator) -> tuple[int, float]:
         x, y = self.data.x, self.data.y
         steps, total, counted = 0, 0.0, 0
-        for idx in self._batches(generator):
+        for rows_drawn in self._batches(generator):
             self.optimizer.zero_grad(set_to_none=True)
+            idx, positions = self._split(rows_drawn)
             if idx.numel() == 0:
                 self._empty_step()
             else:
                 if self.sampling == "shuffle":
                     # the plain mean over the actual batch, as PlainTrainer computes it
-                    self.optimizer.expected_batch_size = int(idx.numel())
+                    self.optimizer.expected_batch_size = int(rows_drawn.numel())
                 loss = self.loss_fn(self.module(x[idx]), y[idx])
                 loss.backward()
                 total += float(loss.detach())
                 counted += 1
             if self.row_bounds is not None:
                 self.optimizer.clip_bound = self.row_bounds[idx]  # C·s_i for each sampled record
-            self._step(canary_rng)
+            self._step(positions)
             steps += 1
         self.optimizer.zero_grad(set_to_none=True)
         return steps, total / max(counted, 1)
@@ -676,6 +710,8 @@ class DPSGD(Defense):
             )
         return name
 
+    trainer_class = DPTrainer  # the hospital's trainer (tests/mutants.py swaps in broken ones)
+
     def __init__(self, params) -> None:
         super().__init__(params)
         self.facts: Optional[FederationFacts] = None
@@ -708,7 +744,7 @@ class DPSGD(Defense):
             groups = getattr(trainer, "groups", {}) or {}
             g = groups[self._attribute(gc, groups)]
             scales = gc.row_scales(g.labels, g.codes)
-        wrapped = DPTrainer(
+        wrapped = self.trainer_class(
             trainer, sigma, self.params.max_grad_norm, self.params.sampling, self.params.grad_sample_mode,
             clip_scales=scales, max_scale=gc.max_scale if gc is not None else 1.0,
         )

@@ -7,13 +7,19 @@ audit, verdict — runs unchanged around the bug.
 
 Each mutant subclasses the real defense and changes one thing, either in the mechanism (what
 was really done) or in the DP events (what the accountant is told); both make the
-accountant's ε smaller than the truth.
+accountant's ε smaller than the truth. Mechanism bugs inside a hospital's DP-SGD swap in a
+broken ``DPTrainer`` (``DPSGD.trainer_class``): the records' sampler, the clip, the noise of
+some steps or some parameters — the places real DP-SGD bugs live.
+
+:data:`TRUE_MECHANISM` says, for each bug, what really ran as DP events (the accountant on
+them is the true ε), or ``INFINITE`` where no finite ε holds.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import types
 from typing import Iterator
 
@@ -21,7 +27,7 @@ import torch
 
 from defenses import DEFENSES
 from defenses.client_dp import ClientDP
-from defenses.dp_sgd import DPSGD
+from defenses.dp_sgd import DPSGD, DPTrainer
 
 
 class HalfNoiseDPSGD(DPSGD):
@@ -82,6 +88,91 @@ class SquaredDenominatorClientDP(ClientDP):
         return aggregate + (noisy - aggregate) / m
 
 
+# --------------------------------------------------------------------------- broken trainers
+
+
+class _EngineOnly(DPTrainer):
+    """The per-step bugs below live in the engine path's seams (``_batches``,
+    ``_step_noise_std``, ``_privatize``, the clip); the documented configs (MLPs) take it."""
+
+    def train(self, global_params, generator):
+        if self.program is None:
+            raise RuntimeError("this mutant needs dp_sgd's engine path (an MLP or the small CNN)")
+        return super().train(global_params, generator)
+
+
+class FullBatchTrainer(_EngineOnly):
+    """Every row (records and canaries) in every step, while the accountant is told Poisson q."""
+
+    def _batches(self, generator):
+        for _ in range(self.round_steps):
+            yield torch.arange(self.n_rows)
+
+
+class RateTrainer(_EngineOnly):
+    """Poisson sampling at ``factor``·q while the accountant is told q."""
+
+    factor = 1.5
+
+    def _batches(self, generator):
+        q = min(1.0, self.sample_rate * self.factor)
+        for _ in range(self.round_steps):
+            yield (torch.rand(self.n_rows, generator=generator) < q).nonzero().view(-1)
+
+
+class HalvedSizeTrainer(RateTrainer):
+    """q computed from half the hospital's size (b / (n/2) = 2q) for sampling; the accountant is told q."""
+
+    factor = 2.0
+
+
+class ShuffleTrainer(_EngineOnly):
+    """Shuffled batches (every row exactly once per epoch, as many steps as Poisson takes),
+    accounted as Poisson sampling at q."""
+
+    def _batches(self, generator):
+        per_epoch = max(1, self.round_steps // self.settings.epochs)
+        for _ in range(self.settings.epochs):
+            order = torch.randperm(self.n_rows, generator=generator)
+            yield from torch.tensor_split(order, per_epoch)
+
+
+class EveryOtherStepNoiseTrainer(_EngineOnly):
+    """Noise on odd steps only; even steps are released without noise."""
+
+    def _step_noise_std(self):
+        self._count = getattr(self, "_count", 0) + 1
+        return super()._step_noise_std() if self._count % 2 else 0.0
+
+
+class FirstLayerNoiseTrainer(_EngineOnly):
+    """Noise on the first parameter tensor only (the first layer's weights): every other
+    parameter is released noiseless."""
+
+    def _privatize(self, summed, noise_std, ebs, gens):
+        noisy = super()._privatize(summed, noise_std, ebs, gens)
+        return (noisy[0],) + tuple(s / float(ebs) for s in summed[1:])
+
+
+class DoubledClipTrainer(_EngineOnly):
+    """Per-sample gradients clipped at 2C while the noise is σ·C."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.clip = 2 * self.clip
+
+
+def _with_trainer(cls):
+    return type(f"DPSGDWith{cls.__name__}", (DPSGD,), {"trainer_class": cls})
+
+
+class HalfRoundsAccountantDPSGD(DPSGD):
+    """The accountant is told half the steps that ran (a wrong step count)."""
+
+    def dp_events(self):
+        return tuple(dataclasses.replace(e, steps=e.steps // 2) for e in super().dp_events())
+
+
 #: bug name -> (public name it replaces, broken class)
 MUTANTS = {
     "noise_halved": ("dp_sgd", HalfNoiseDPSGD),
@@ -90,7 +181,54 @@ MUTANTS = {
     "accountant_half_rate": ("dp_sgd", HalfRateAccountantDPSGD),
     "accountant_one_epoch": ("dp_sgd", OneEpochAccountantDPSGD),
     "client_noise_over_m_squared": ("client_dp", SquaredDenominatorClientDP),
+    "full_batch": ("dp_sgd", _with_trainer(FullBatchTrainer)),
+    "rate_1_5x": ("dp_sgd", _with_trainer(RateTrainer)),
+    "dataset_size_halved": ("dp_sgd", _with_trainer(HalvedSizeTrainer)),
+    "shuffle_as_poisson": ("dp_sgd", _with_trainer(ShuffleTrainer)),
+    "noise_every_other_step": ("dp_sgd", _with_trainer(EveryOtherStepNoiseTrainer)),
+    "noise_first_layer_only": ("dp_sgd", _with_trainer(FirstLayerNoiseTrainer)),
+    "clip_doubled": ("dp_sgd", _with_trainer(DoubledClipTrainer)),
+    "accountant_half_steps": ("dp_sgd", HalfRoundsAccountantDPSGD),
 }
+
+INFINITE = None  # no finite ε holds for what ran
+
+
+def _replace(**fn):
+    return lambda e: dataclasses.replace(e, **{k: f(e) for k, f in fn.items()})
+
+
+#: bug -> what really ran, as a map from each claimed DP event to the true one (INFINITE: no finite ε)
+TRUE_MECHANISM = {
+    "noise_halved": _replace(noise_multiplier=lambda e: e.noise_multiplier / 2),
+    "no_noise": INFINITE,
+    "no_clipping": INFINITE,  # unbounded sensitivity
+    "accountant_half_rate": _replace(sample_rate=lambda e: min(1.0, 2 * e.sample_rate)),
+    "accountant_one_epoch": _replace(steps=lambda e: 2 * e.steps),  # the documented config runs 2 local epochs
+    "client_noise_over_m_squared": _replace(noise_multiplier=lambda e: e.noise_multiplier / 4),  # m = 4 hospitals
+    "full_batch": _replace(sample_rate=lambda e: 1.0),
+    "rate_1_5x": _replace(sample_rate=lambda e: min(1.0, 1.5 * e.sample_rate)),
+    "dataset_size_halved": _replace(sample_rate=lambda e: min(1.0, 2 * e.sample_rate)),
+    # each row in exactly one step per epoch: no amplification by sampling (q = 1), one step per
+    # epoch per row (the documented config runs 1 local epoch, so steps / steps-per-round rounds)
+    "shuffle_as_poisson": _replace(sample_rate=lambda e: 1.0, steps=lambda e: e.steps // math.ceil(e.population / 16)),  # batch 16
+    "noise_every_other_step": INFINITE,
+    "noise_first_layer_only": INFINITE,
+    "clip_doubled": _replace(noise_multiplier=lambda e: e.noise_multiplier / 2),
+    "accountant_half_steps": _replace(steps=lambda e: 2 * e.steps),
+}
+
+
+def true_epsilon(bug: str, events, accountant: str, delta: float, party: str) -> float:
+    """The accountant's ε, for ``party`` at ``delta`` under add/remove, on what really ran."""
+    from bench.accounting import account
+
+    fix = TRUE_MECHANISM[bug]
+    if fix is INFINITE:
+        return math.inf
+    unit = "client" if party == "federation" else "record"
+    evs = [dataclasses.replace(fix(e), neighbouring="add_remove") for e in events if e.party == party and e.unit == unit]
+    return account(evs, accountant, delta).epsilon(unit)
 
 
 @contextlib.contextmanager
@@ -148,6 +286,10 @@ def bug_config(bug: str, data_dir: str, attacks: list | None = None) -> dict:
             data_dir, defenses=[{"name": "client_dp", "noise_multiplier": 5.0, "clip_norm": 0.5}],
             attacks=[{"name": "client_canary_audit", "num_canaries": 5000}],
         ),
+        # the bugs of issue 20, each at the audit suite's ε = 2 cell (5,000 canaries)
+        **{bug: _heart(data_dir, defenses=sgd(target_epsilon=2.0)) for bug in (
+            "full_batch", "rate_1_5x", "dataset_size_halved", "shuffle_as_poisson", "noise_every_other_step",
+            "noise_first_layer_only", "clip_doubled", "accountant_half_steps")},
     }
     raw = configs[bug]
     raw.setdefault("attacks", WHITEBOX)

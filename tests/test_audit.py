@@ -49,19 +49,35 @@ def test_audit_verdict_tags_a_bound_above_epsilon(caplog):
     with caplog.at_level(logging.ERROR):
         out, tags = audit_verdict({"a": _audit(2.5, 1.0)}, {"a": ["all_rounds"]})
     assert out["audit/epsilon_lower_bound"] == 2.5 and out["audit/accountant_epsilon"] == 1.0
-    assert tags == {"audit_violation": "true", "audit_can_fail": "true"}
+    assert tags["audit_verdict"] == "violation" and tags["audit_violation"] == "true" and tags["audit_suspect"] == "false"
+    assert tags["audit_power"].startswith("power unknown")  # no detectable_factor given
     assert "AUDIT VIOLATION" in caplog.text
     _, tags = audit_verdict({"a": _audit(2.5, 8.0, max_cert=9.0)}, {"a": ["all_rounds"]})
-    assert tags == {"audit_violation": "false", "audit_can_fail": "true"}
+    assert tags["audit_verdict"] == "no_violation" and tags["audit_violation"] == "false"
     assert audit_verdict({}, {}) == ({}, {})
 
 
 def test_an_audit_that_cannot_certify_the_claimed_epsilon_says_so(caplog):
     """A ceiling (max certifiable ε) below the accountant's ε: 'no violation' is vacuous."""
     with caplog.at_level(logging.WARNING):
-        _, tags = audit_verdict({"a": _audit(0.5, 8.0, max_cert=3.5)}, {"a": ["all_rounds"]})
-    assert tags == {"audit_violation": "false", "audit_can_fail": "false"}
+        out, tags = audit_verdict({"a": _audit(0.5, 8.0, max_cert=3.5)}, {"a": ["all_rounds"]})
+    assert tags["audit_verdict"] == "vacuous" and tags["audit_violation"] == "false"
+    assert tags["audit_power"].startswith("vacuous") and out["audit/detectable_factor"] == float("inf")
     assert "vacuous" in caplog.text
+
+
+def test_two_tiers_are_never_confused():
+    """An estimate above the claim without a certified bound is 'suspect', never 'violation';
+    a certified violation stays 'violation' whatever the estimate; power is stated in words."""
+    base = {**_audit(0.5, 2.0), "all_rounds/suspect": 1.0, "detectable_factor": 2.0, "detectable_epsilon_ratio": 2.4}
+    out, tags = audit_verdict({"a": base}, {"a": ["all_rounds"]})
+    assert (tags["audit_verdict"], tags["audit_violation"], tags["audit_suspect"]) == ("suspect", "false", "true")
+    assert tags["audit_power"] == "would catch noise understated >= 2x (epsilon understated >= 2.4x)"
+    assert out["audit/detectable_factor"] == 2.0
+    _, tags = audit_verdict({"a": {**base, **_audit(2.5, 2.0)}}, {"a": ["all_rounds"]})
+    assert (tags["audit_verdict"], tags["audit_violation"], tags["audit_suspect"]) == ("violation", "true", "false")
+    honest = {**base, "all_rounds/suspect": 0.0}
+    assert audit_verdict({"a": honest}, {"a": ["all_rounds"]})[1]["audit_verdict"] == "no_violation"
 
 
 def _audit_cell(defenses):

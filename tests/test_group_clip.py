@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from bench.canaries import GradientCanarySampler, make_directions
+from bench.canaries import make_directions
+
 from bench.config import parse_experiment
 from bench.data import build_federation, check_data
 from bench.models import flatten
@@ -22,6 +23,7 @@ from defenses.dp_sgd import DPSGD, DPTrainer, GroupClip
 from conftest import tiny_raw
 from test_dp_sgd import _model, _per_sample_grads, _records
 from test_fairness import _csv
+from test_whitebox_audit import replay_canary_counts
 
 GC = GroupClip(attribute="sex", scale={"female": 2.0})
 
@@ -97,10 +99,7 @@ def test_gradient_canaries_stay_clipped_to_C():
     plain = PlainTrainer(model, data, LocalSettings(epochs=1, batch_size=4, optimizer="sgd", lr=lr), canaries=canaries)
     trainer = DPTrainer(plain, 0.0, clip, clip_scales=_scales(np.zeros(n, np.int64)), max_scale=2.0)
     out = trainer.train(torch.zeros(12), torch.Generator().manual_seed(0))
-    sampler = GradientCanarySampler(canaries, trainer.sample_rate, clip, [torch.Size([2, 5]), torch.Size([2])])
-    rng, counts = sampler.rng(0), np.zeros(m)
-    for _ in range(trainer.round_steps):
-        counts[np.flatnonzero(rng.random(m) < sampler.q)] += 1
+    counts = replay_canary_counts(trainer)
     assert counts.sum() > 0
     moved = -out.params[:m].numpy() * trainer.optimizer.expected_batch_size / (lr * clip)
     assert np.allclose(moved, counts, atol=1e-4)

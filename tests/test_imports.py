@@ -41,7 +41,9 @@ ALLOWED_BENCH_NAMES = {
     # white-box audits: canary insertion lives in bench/ (DESIGN.md) so that the attack only
     # crafts directions and DP-SGD only inserts what the federation carries
     ("bench.canaries", "insert_audit_canaries"),
-    ("bench.canaries", "GradientCanarySampler"),
+    ("bench.canaries", "GradientCanaryRows"),
+    # the white-box audit scores every released step with the statistic its ceiling simulates
+    ("bench.metrics.audit", "step_llr_scores"),
     # DP-SGD's one implementation (issue 15): the same clipped sums, noise and Poisson steps for
     # the target federation (K = 1) and the reference federations (K = 16) of bench/reference.py
     ("bench.engine", "compile_model"),

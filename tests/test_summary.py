@@ -66,8 +66,11 @@ def test_unsupported_low_fpr_says_why():
 def test_audit_violation_is_loud_and_vacuous_audits_are_marked():
     m = {**DP, **UTILITY, "audit/epsilon_lower_bound": 5.2}
     assert "VIOLATION" in summary_cells(row(m, {"audit_violation": "true"}))[3]
-    assert summary_cells(row(m, {"audit_violation": "false", "audit_can_fail": "false"}))[3] == "ε≥5.20 vacuous"
-    assert summary_cells(row(m, {"audit_violation": "false", "audit_can_fail": "true"}))[3] == "ε≥5.20"
+    assert summary_cells(row(m, {"audit_violation": "false", "audit_verdict": "vacuous"}))[3] == "ε≥5.20 vacuous"
+    assert summary_cells(row(m, {"audit_violation": "false", "audit_verdict": "no_violation"}))[3] == "ε≥5.20"
+    assert summary_cells(row(m, {"audit_violation": "false", "audit_verdict": "suspect"}))[3] == "ε≥5.20 SUSPECT"
+    powered = {**m, "audit/detectable_factor": 2.5}
+    assert summary_cells(row(powered, {"audit_violation": "false", "audit_verdict": "no_violation"}))[3] == "ε≥5.20 2.5×"
 
 
 def test_table_is_at_most_120_wide_and_explains_its_markers():

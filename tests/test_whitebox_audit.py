@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from attacks.audit.whitebox import ClientCanaryAudit, DPSGDAudit
-from bench.canaries import GradientCanarySampler, insert_audit_canaries, make_directions
+from bench.canaries import insert_audit_canaries, make_directions
 from bench.config import parse_experiment
 from bench.data import build_federation, check_data
 from bench.runner import run_in_memory
@@ -67,18 +67,25 @@ def _weight_canaries(m: int, scale: float) -> InsertedCanaries:
     return InsertedCanaries(kind="gradient", directions=dirs, included=np.ones(m, bool), site="a", scale=scale, seed=3)
 
 
-def test_gradient_canaries_are_sampled_like_records_and_clipped_to_C():
+def replay_canary_counts(trainer, seed: int = 0) -> np.ndarray:
+    """How often each included canary was drawn in one round at σ = 0 (no noise draws): the
+    records' own Poisson masks over the n records and then the canary rows, replayed."""
+    g, counts = torch.Generator().manual_seed(seed), np.zeros(trainer.n_rows - trainer.n)
+    for _ in range(trainer.round_steps):
+        counts += (torch.rand(trainer.n_rows, generator=g) < trainer.sample_rate)[trainer.n :].numpy()
+    return counts
+
+
+def test_gradient_canaries_are_rows_the_records_sampler_draws_and_clipped_to_C():
     """Known answer: σ = 0, records with zero features. Each canary's weight moves by exactly
     −lr·C/(q·n) per step it was sampled in (norm 3C clipped to C), the sampling replayed from
-    the canary stream."""
+    the records' own Poisson masks, in which the canaries are the last rows."""
     canaries, clip, lr, n = _weight_canaries(10, scale=3.0), 0.7, 0.5, 20
     trainer = _zero_feature_trainer(n, canaries, noise=0.0, clip=clip, lr=lr)
+    assert trainer.n_rows == n + 10
     start = torch.zeros(12)
     out = trainer.train(start, torch.Generator().manual_seed(0))
-    sampler = GradientCanarySampler(canaries, trainer.sample_rate, clip, [torch.Size([2, 5]), torch.Size([2])])
-    rng, counts = sampler.rng(0), np.zeros(10)
-    for _ in range(trainer.round_steps):
-        counts[np.flatnonzero(rng.random(10) < sampler.q)] += 1
+    counts = replay_canary_counts(trainer)
     assert counts.sum() > 0
     moved = -(out.params - start)[:10].numpy() * trainer.optimizer.expected_batch_size / (lr * clip)
     assert np.allclose(moved, counts, atol=1e-4)

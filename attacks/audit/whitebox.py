@@ -63,14 +63,22 @@ class DPSGDAudit(Attack):
     Before training (``prepare``), ``num_canaries`` canaries are crafted in one hospital's
     DP-SGD (``site``; default: the hospital with the most records): canary i is a
     per-sample gradient of norm ``canary_norm``·C along a unit direction dᵢ (a Dirac on one
-    parameter, or a random orthonormal vector), included with probability ½ and then sampled
-    into each step with the records' Poisson rate q — so it is clipped and noised exactly
-    like a record. The model needs at least ``num_canaries`` parameters (e.g. an MLP with
-    256 hidden units on heart disease has 7,938).
+    parameter, or a random orthonormal vector), included with probability ½. An included
+    canary is a row of the hospital's training data (``bench.canaries.GradientCanaryRows``):
+    the records' own sampler draws it into steps, and the records' clipping, summing and noise
+    act on it — so any bug there acts on the canaries too. The model needs at least
+    ``num_canaries`` parameters (e.g. an MLP with 256 hidden units on heart disease has 7,938).
 
     Threat model: the honest-but-curious server (``ServerView``), which knows the directions
-    it crafted but not which canaries went in. Two observations, scored separately:
+    it crafted (and the clip C they were crafted against) but not which canaries went in.
+    Three observations, scored separately:
 
+    * ``every_step``: every privatized step of the audited hospital — the release the
+      accountant's threat model assumes (a server that sees each step, or the hospital's own
+      logging); each step projected on each direction in units of C / expected batch size,
+      scored by the summed per-step likelihood ratio with each step's noise scale estimated
+      from the data (``bench.metrics.audit.step_llr_scores``), so a step released with too
+      little noise is not averaged away;
     * ``all_rounds``: the audited hospital's update every round (under secure aggregation,
       only the sum of all updates); score −Σ_r ⟨Δ_r, dᵢ⟩ (local SGD moves against the
       gradient, so an included canary pushes the update along −dᵢ);
@@ -118,12 +126,30 @@ class DPSGDAudit(Attack):
             raise ConfigError(f"attacks.dpsgd_audit.site: got {params.site!r}; allowed: {', '.join(fed.site_names)}")
         _check_size(cls.name, params.num_canaries, num_params)
 
-    def prepare(self, fed: Federation, rng: np.random.Generator, num_params: int, **_) -> tuple[Federation, dict]:
+    def prepare(self, fed: Federation, rng: np.random.Generator, num_params: int, cfg=None, **_) -> tuple[Federation, dict]:
         """Craft the canaries for the audited hospital's DP-SGD; ground truth keeps which went in."""
         site = self.params.site or max(fed.sites, key=lambda s: len(s.train)).name
+        clip = float(_defense(cfg, "dp_sgd").params.max_grad_norm) if cfg is not None else None
         return insert_audit_canaries(
-            fed, "gradient", self.params.num_canaries, num_params, rng, self.params.directions, site, self.params.canary_norm
+            fed, "gradient", self.params.num_canaries, num_params, rng, self.params.directions, site, self.params.canary_norm,
+            clip=clip,
         )
+
+    @staticmethod
+    def _every_step(view: ServerView, dirs) -> Optional[np.ndarray]:
+        """Per-canary likelihood-ratio scores from every privatized step of the audited
+        hospital; ``None`` when no step was logged (the hospital never took part)."""
+        from bench.metrics.audit import step_llr_scores
+
+        site, clip = view.canary_site, view.canary_clip
+        logged = [(r.step_updates[site], r.disclosures[site]) for r in view.rounds if r.step_updates and site in r.step_updates]
+        if not logged or clip is None or not np.isfinite(clip):
+            return None
+        d = logged[0][1]
+        q = min(1.0, d.batch_size / max(d.num_samples, 1))  # the protocol's Poisson rate q = b / n
+        unit = clip / max(1, round(q * d.num_samples))  # a canary's clipped share of one released step
+        steps = torch.cat([s for s, _ in logged])
+        return step_llr_scores(dirs.project_many(steps) / unit, q)
 
     def run(self, view: ServerView, rng: np.random.Generator) -> AuditScores:
         dirs = _directions(view, self.name)
@@ -136,7 +162,11 @@ class DPSGDAudit(Attack):
                 total += r.updates[site].to(torch.float64)
         final = (view.final_params - view.rounds[0].global_params).to(torch.float64)
         obs = {"all_rounds": -dirs.project(total), "final_model": -dirs.project(final)}
-        return AuditScores(ids=dirs.ids.copy(), observations=obs, unit="record", party=site, p_value=self.params.p_value)
+        steps = self._every_step(view, dirs)
+        if steps is not None:
+            obs["every_step"] = steps
+        return AuditScores(ids=dirs.ids.copy(), observations=obs, unit="record", party=site, p_value=self.params.p_value,
+                           step_observations=("every_step",) if steps is not None else ())
 
 
 @ATTACKS.register("client_canary_audit")

@@ -527,6 +527,47 @@ def simulate_dpsgd_canaries(
     return sampled * included + noise, included
 
 
+def step_llr_scores(u: np.ndarray, sample_rate: float) -> np.ndarray:
+    """One score per canary from every privatized step: the sum over steps of the
+    log-likelihood ratio of "this canary is in the data" for the subsampled Gaussian.
+
+    Args:
+        u: (steps, m) projections of each released step on each canary direction, in units of
+            a canary's clipped contribution to one step (C / expected batch size).
+        sample_rate: the Poisson rate q the mechanism claims.
+
+    Per step t the noise scale s_t is *estimated from the data* (1.4826 × the median absolute
+    deviation over the m canaries: robust to the ≈ q/2 share that is present), so a step
+    released with less noise than claimed — or none — weighs as much as its evidence, where a
+    sum over steps averages it away. With s_t the claimed σ this is the Neyman–Pearson
+    statistic of the idealized mechanism; either way it is a function of the released output
+    only, so the one-run analysis of the guesses it ranks stays valid.
+    ``score_i = Σ_t log(1 − q + q·exp((u_ti − ½) / s_t²))``.
+    """
+    u = np.asarray(u, np.float64)
+    if u.ndim != 2 or not 0 < sample_rate <= 1:
+        raise ValueError(f"step_llr_scores: need a (steps, m) array and 0 < q <= 1; got shape {u.shape}, q={sample_rate}")
+    centre = np.median(u, axis=1, keepdims=True)
+    scale = np.maximum(1.4826 * np.median(np.abs(u - centre), axis=1, keepdims=True), 1e-6)
+    z = (u - 0.5) / scale**2
+    absent = np.log1p(-sample_rate) if sample_rate < 1 else -np.inf
+    return np.logaddexp(absent, math.log(sample_rate) + z).sum(axis=0)
+
+
+def simulate_dpsgd_step_canaries(
+    m: int, steps: int, sample_rate: float, noise_multiplier: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of ``m`` canaries under record-level DP-SGD when every step is observed (the
+    ``every_step`` ceiling): per step, in units of C, ``Bernoulli(q)·included + Normal(0, σ²)``,
+    scored by :func:`step_llr_scores`. Returns ``(scores, included)``."""
+    if m < 1 or steps < 1 or not 0 < sample_rate <= 1 or noise_multiplier < 0:
+        raise ValueError(f"simulate_dpsgd_step_canaries: bad m={m}, steps={steps}, q={sample_rate}, σ={noise_multiplier}")
+    included = rng.random(m) < 0.5
+    present = (rng.random((steps, m)) < sample_rate) & included[None, :]
+    u = present + rng.normal(0.0, noise_multiplier, size=(steps, m))
+    return step_llr_scores(u, sample_rate), included
+
+
 def simulate_fedavg_canaries(
     m: int, rounds: int, noise_multiplier: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -714,3 +755,35 @@ def _gdp_epsilon_or_nan(mu: float, delta: float) -> float:
 
 def _median(runs: Sequence[Mapping[str, float]]) -> dict[str, float]:
     return {k: float(np.median([run[k] for run in runs])) for k in runs[0]}
+
+
+#: factors k by which :func:`detectable_factor` weakens the claimed mechanism (σ/k or q·k)
+POWER_FACTORS = (1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
+POWER = 0.8  # a weakening counts as detectable when it is flagged in at least this share of runs
+
+
+def detectable_factor(
+    simulate_weakened: Callable[[float, np.random.Generator], tuple[np.ndarray, np.ndarray]],
+    flags: Callable[[np.ndarray, np.ndarray], bool],
+    rng: np.random.Generator,
+    reps: int = 10,
+    factors: Sequence[float] = POWER_FACTORS,
+    power: float = POWER,
+) -> float:
+    """The audit's detection power: the smallest factor k (of ``factors``) such that the
+    idealized mechanism weakened by k (``simulate_weakened(k, rng)``) is flagged by ``flags``
+    (the audit's own certified verdict, same canaries, guesses and level) in at least
+    ``power`` of ``reps`` simulated runs; ``inf`` when even the largest is not (a vacuous audit).
+    """
+    if reps < 1 or not 0 < power <= 1:
+        raise ValueError(f"detectable_factor: need reps >= 1 and 0 < power <= 1; got {reps}, {power}")
+    need = math.ceil(power * reps)
+    for k in factors:
+        hits = 0
+        for done in range(reps):
+            hits += bool(flags(*simulate_weakened(float(k), rng)))
+            if hits >= need or hits + (reps - done - 1) < need:
+                break
+        if hits >= need:
+            return float(k)
+    return math.inf

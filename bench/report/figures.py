@@ -504,7 +504,10 @@ def audit_points(s: Setting) -> list[tuple[str, dict[str, Optional[Estimate]], f
             continue
         deltas = [c.metrics.get(key("delta"), c.metrics.get("audit/delta")) for c in s.cells]
         deltas = [d for d in deltas if d is not None]
-        tags = [c.tags.get("audit_can_fail", "") for c in s.cells]
+        powers = [c.metrics.get(key("detectable_factor")) for c in s.cells]
+        powers = [p for p in powers if p is not None and not math.isnan(p)]
+        e["power"] = max(powers) if powers else None  # the weakest seed's power: what every seed would catch
+        tags = [c.tags.get("audit_verdict", "") for c in s.cells]
         out.append((n or "audit", e, float(np.mean(deltas)) if deltas else math.nan, tags))
     return out
 
@@ -518,19 +521,25 @@ def fig_epsilon(ctx: ReportContext) -> Figure | Skipped:
         return Skipped(title, why)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.4, 5.4), layout="constrained")
-    tops = [v.high if v.has_interval else v.mean for _, _, e, _, _ in pts for v in e.values() if v is not None]
+    tops = [v.high if v.has_interval else v.mean for _, _, e, _, _ in pts for v in e.values() if isinstance(v, Estimate)]
     hi = max(max(tops) * 1.1, 1.0)
     ax.plot([0, hi], [0, hi], ls="--", c="grey", lw=1, label="y = x (bound = accountant's ε)")
-    cannot_fail, violations = [], []
+    cannot_fail, violations, suspects, powered = [], [], [], []
     for i, (s, name, e, delta, tags) in enumerate(pts):
         col, x, mk = ctx.color(s), e["accountant"], MARKERS[i % len(MARKERS)]
+        k = e["power"]
+        power = "" if k is None else ", vacuous" if math.isinf(k) else f", catches σ/{k:g}"
         ax.errorbar(x.mean, e["bound"].mean, xerr=_xerr(x), yerr=_xerr(e["bound"]), fmt=mk, color=col, ms=7, capsize=3,
-                    label=_wrap(f"{s.short} · {name} (δ {delta:.1g}, n={e['bound'].n})", 44))
+                    label=_wrap(f"{s.short} · {name} (δ {delta:.1g}, n={e['bound'].n}{power})", 44))
+        if k is not None and math.isfinite(k):
+            powered.append(f"{s.label} ({name}): ≥ {k:g}×")
+        if "suspect" in tags:
+            suspects.append(f"{s.label} ({name})")
         if e["estimate"] is not None:
             ax.errorbar(x.mean, e["estimate"].mean, yerr=_xerr(e["estimate"]), fmt=mk, mfc="none", color=col, ms=7, capsize=2)
         if e["max_certifiable"] is not None:
             ax.plot(x.mean, e["max_certifiable"].mean, "_", color=col, ms=22, mew=2)
-            if e["max_certifiable"].mean < x.mean or "false" in tags:
+            if e["max_certifiable"].mean < x.mean or "vacuous" in tags or (k is not None and math.isinf(k)):
                 cannot_fail.append(f"{s.label} ({name}: max certifiable {e['max_certifiable'].mean:.2f} < ε {x.mean:.2f} at δ {delta:.1g})")
                 ax.annotate("could not have failed:\nmax certifiable < ε", (x.mean, e["max_certifiable"].mean), textcoords="offset points",
                             xytext=(-8, 8), ha="right", fontsize=7, color=col)
@@ -551,14 +560,20 @@ def fig_epsilon(ctx: ReportContext) -> Figure | Skipped:
         f"AUDIT VIOLATION in {', '.join(sorted(set(violations)))}: a certified lower bound above the accountant's ε means a bug "
         "in the accountant, the mechanism or the audit. " if violations
         else "No certified bound lies above y = x, as it must for a correct accountant. "
+    ) + (
+        f"SUSPECT (uncertified: an estimate's lower 95 % end above the accountant's ε) in {', '.join(sorted(set(suspects)))}. "
+        if suspects else ""
+    ) + (
+        "Power — the smallest weakening of the claimed noise (σ/k) each audit would flag as a certified violation in ≥ 80 % "
+        "of idealized runs (audit/<name>/detectable_factor; weakest seed): " + "; ".join(powered) + ". " if powered else ""
     )
     return _figure(ctx, "epsilon_audit.png", title, (
         "For each DP setting and audit, the accountant's ε at the audit's δ (horizontal) against what the audit found "
         "(vertical): the certified lower bound (filled marker, 95 % confidence; Steinke et al. 2023), the estimate (hollow "
         "marker; a point estimate, not a bound) and the largest ε the audit could have certified at all (bar). A certified "
         "bound above y = x is a violation. " + verdict_text
-        + ("These audits could not have failed, so their 'no violation' says nothing: " + "; ".join(cannot_fail) + "."
-           if cannot_fail else "Every audit could have certified more than the accountant's ε, so it could have failed.")
+        + ("These audits are vacuous — they could not have failed, so their 'no violation' says nothing: "
+           + "; ".join(cannot_fail) + "." if cannot_fail else "Every audit could have certified more than the accountant's ε.")
     ))
 
 
