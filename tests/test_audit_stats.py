@@ -283,3 +283,57 @@ def test_dpsgd_ceiling_is_below_the_accountant_and_grows_with_epsilon():
             assert c[key] < eps, (sigma, key, c[key], eps)  # no false alarm
         certified.append(c["epsilon_lower_bound"])
     assert np.all(np.diff(certified) > 0) and certified[0] > 0
+
+
+# --------------------------------------------------------------------------- every step observed
+
+
+def test_step_statistic_weighs_a_noiseless_step_by_its_evidence():
+    """Known answer: half the steps are released without noise. The summed statistic averages
+    them with the noisy ones; the per-step likelihood ratio (each step's noise scale from the
+    data) ranks every canary that was present in a noiseless step above every excluded one."""
+    from bench.metrics.audit import step_llr_scores
+
+    rng = np.random.default_rng(0)
+    m, steps, q, sigma = 2000, 40, 0.1, 1.0
+    included = rng.random(m) < 0.5
+    present = (rng.random((steps, m)) < q) & included
+    noise = rng.normal(0, sigma, (steps, m))
+    noise[::2] = 0.0  # every other step without noise
+    u = present + noise
+    scores = step_llr_scores(u, q)
+    seen_clean = present[::2].any(axis=0)
+    assert scores[seen_clean].min() > scores[~included].max()
+    summed = u.sum(axis=0)
+    assert summed[seen_clean].min() < summed[~included].max()  # the sum cannot tell them apart
+
+
+def test_step_statistic_scores_a_noiseless_parameter_at_its_own_scale():
+    """Canaries on coordinates released without noise (a per-parameter bug) are ranked first;
+    on an honest mechanism the per-canary scale never applies (the statistic equals the
+    per-step one)."""
+    from bench.metrics.audit import step_llr_scores
+
+    rng = np.random.default_rng(1)
+    m, steps, q = 3000, 200, 0.13
+    included = rng.random(m) < 0.5
+    present = (rng.random((steps, m)) < q) & included
+    noise = rng.normal(0, 1.0, (steps, m))
+    honest = step_llr_scores(present + noise, q)
+    scale = 1.4826 * np.median(np.abs(present + noise - np.median(present + noise, axis=1, keepdims=True)), axis=1, keepdims=True)
+    by_step = np.logaddexp(np.log1p(-q), np.log(q) + (present + noise - 0.5) / scale**2).sum(axis=0)
+    assert np.allclose(honest, by_step)
+    noise[:, :100] = 0.0  # 100 canaries on parameters without noise
+    scores = step_llr_scores(present + noise, q)
+    top = np.argsort(-scores)[: int(included[:100].sum())]
+    assert set(top) == set(np.flatnonzero(included[:100]))
+
+
+def test_detectable_factor_finds_the_weakening_the_audit_flags():
+    """Known answer with a flag that fires exactly when σ ≤ 1/3 of the claim: the smallest
+    factor in the grid is 3; a flag that never fires gives inf (vacuous)."""
+    from bench.metrics.audit import detectable_factor
+
+    sim = lambda k, rng: (np.array([1.0 / k]), np.array([True]))  # noqa: E731  (σ of the weakened mechanism)
+    assert detectable_factor(sim, lambda s, i: s[0] <= 1 / 3 + 1e-12, np.random.default_rng(0)) == 3.0
+    assert detectable_factor(sim, lambda s, i: False, np.random.default_rng(0)) == float("inf")

@@ -527,6 +527,11 @@ def simulate_dpsgd_canaries(
     return sampled * included + noise, included
 
 
+def _mad(x: np.ndarray, axis: int) -> np.ndarray:
+    """1.4826 × the median absolute deviation along ``axis`` (a normal's σ, robust to outliers)."""
+    return 1.4826 * np.median(np.abs(x - np.median(x, axis=axis, keepdims=True)), axis=axis, keepdims=True)
+
+
 def step_llr_scores(u: np.ndarray, sample_rate: float) -> np.ndarray:
     """One score per canary from every privatized step: the sum over steps of the
     log-likelihood ratio of "this canary is in the data" for the subsampled Gaussian.
@@ -537,7 +542,8 @@ def step_llr_scores(u: np.ndarray, sample_rate: float) -> np.ndarray:
         sample_rate: the Poisson rate q the mechanism claims.
 
     Per step t the noise scale s_t is *estimated from the data* (1.4826 × the median absolute
-    deviation over the m canaries: robust to the ≈ q/2 share that is present), so a step
+    deviation over the m canaries: robust to the ≈ q/2 share that is present) — and per canary
+    too where its own noise over the steps is below half of that — so a step (or a parameter)
     released with less noise than claimed — or none — weighs as much as its evidence, where a
     sum over steps averages it away. With s_t the claimed σ this is the Neyman–Pearson
     statistic of the idealized mechanism; either way it is a function of the released output
@@ -547,8 +553,12 @@ def step_llr_scores(u: np.ndarray, sample_rate: float) -> np.ndarray:
     u = np.asarray(u, np.float64)
     if u.ndim != 2 or not 0 < sample_rate <= 1:
         raise ValueError(f"step_llr_scores: need a (steps, m) array and 0 < q <= 1; got shape {u.shape}, q={sample_rate}")
-    centre = np.median(u, axis=1, keepdims=True)
-    scale = np.maximum(1.4826 * np.median(np.abs(u - centre), axis=1, keepdims=True), 1e-6)
+    scale = np.maximum(_mad(u, axis=1), 1e-6)  # (steps, 1): each step's noise
+    own = _mad(u / scale, axis=0)  # (1, m): each canary's noise relative to its steps'
+    # a canary whose own noise is less than half its steps' sits on parameters released with too
+    # little noise: score it at its own scale (an honest mechanism never gets there: the MAD of
+    # hundreds of steps is within ~10 % of 1, so the statistic is unchanged)
+    scale = scale * np.where(own < 0.5, np.maximum(own, 1e-6), 1.0)
     z = (u - 0.5) / scale**2
     absent = np.log1p(-sample_rate) if sample_rate < 1 else -np.inf
     return np.logaddexp(absent, math.log(sample_rate) + z).sum(axis=0)
