@@ -38,6 +38,7 @@ from typing import Optional
 
 from bench.types import ConfigError
 from bench.report.compare import Comparison, comparison_records, log_comparisons, paired_comparisons, pairing_key, write_comparisons_to
+from bench.report.decision import DecisionTable, decision_html, decision_table, write_decision
 from bench.report.fairness import fairness_report
 from bench.report.families import ATTACK_AXES, attack_names, headline
 from bench.report.figures import FIGURES, Figure, ReportContext, Skipped, _plt
@@ -46,8 +47,8 @@ from bench.report.load import CellRun, LeftOut, Setting, SuiteRuns, _store_acces
 from bench.report.stats import Difference, Estimate, paired_difference, pareto_by_verdicts, pareto_mask, t_interval, verdict
 
 __all__ = [
-    "ATTACK_AXES", "CellRun", "Comparison", "Difference", "Estimate", "Figure", "LeftOut", "ReportResult", "Setting", "Skipped",
-    "SuiteRuns", "attack_names", "comparison_records", "group_settings", "headline", "latest_per_key", "load_suite_runs",
+    "ATTACK_AXES", "CellRun", "Comparison", "DecisionTable", "Difference", "Estimate", "Figure", "LeftOut", "ReportResult", "Setting", "Skipped",
+    "SuiteRuns", "attack_names", "comparison_records", "decision_table", "group_settings", "headline", "latest_per_key", "load_suite_runs",
     "log_comparisons", "paired_comparisons", "paired_difference", "pairing_key", "pareto_by_verdicts", "pareto_mask",
     "t_interval", "verdict", "write_report",
 ]
@@ -87,6 +88,27 @@ def _clear_previous(out: Path) -> None:
         p = out / Path(name).name
         if p.is_file():
             p.unlink()
+
+
+def threat_section(settings, out: Path) -> list:
+    """The threat matrix (bench.report.threats) as a figure, when the suite attacks as more than one adversary."""
+    from bench.report.decision import adversaries_in
+    from bench.report.threats import matrix_figure, threat_matrix, verdicts
+
+    advs = adversaries_in(settings)
+    if len(advs) < 2:
+        return []
+    try:
+        m = threat_matrix([{"row": s.label, "seed": c.seed, "metrics": dict(c.metrics), "tags": dict(c.tags)} for s in settings for c in s.cells])
+        matrix_figure(m, out / "threats.png")
+    except Exception as exc:  # one broken figure must not cost the review board the others
+        log.error("threat matrix failed: %s: %s", type(exc).__name__, exc)
+        return [Skipped("Threat matrix", f"drawing failed: {type(exc).__name__}: {exc}")]
+    said = verdicts(m)
+    reading = ("Rows: defense settings; columns: the adversaries this suite attacks as (" + ", ".join(advs) + "). Each cell: the strongest "
+               "attack against that adversary (highest lower 95 % end above a blind guess) and the ε that still holds against it. "
+               + ("; ".join(said) + "." if said else "No attack beats a blind guess at its lower 95 % end."))
+    return [Figure("threats.png", "Threat matrix: what each adversary learns, and the ε that holds against it", reading)]
 
 
 def write_report(suite: str, tracking_uri: Optional[str] = None, out_dir: Optional[str] = None, attach: bool = True) -> ReportResult:
@@ -137,12 +159,17 @@ def write_report(suite: str, tracking_uri: Optional[str] = None, out_dir: Option
         tmp.cleanup()
     fair = fairness_report(ctx)  # who pays: per-subgroup and per-hospital changes vs no defense (bench.report.fairness)
     items += list(fair.items)
+    if settings:
+        items += threat_section(settings, out)
     figures = tuple(i for i in items if isinstance(i, Figure))
     skipped = tuple(i for i in items if isinstance(i, Skipped))
     files, table = write_summary(settings, out)
     cfiles, ctable = write_comparisons(comparisons, out)
-    (out / "report.html").write_text(render_html(runs, settings, items, table, out, comparisons, ctable, fair.html), encoding="utf-8")
-    files = [f.file for f in figures] + files + cfiles + [f for f in fair.files if not f.endswith(".png")] + ["report.html"]
+    decision = decision_table(settings, comparisons, fair.comparisons)  # the page opens with it (bench.report.decision)
+    dfiles = write_decision(decision, out)
+    (out / "report.html").write_text(render_html(runs, settings, items, table, out, comparisons, ctable, fair.html,
+                                                 decision_html(decision)), encoding="utf-8")
+    files = dfiles + [f.file for f in figures] + files + cfiles + [f for f in fair.files if not f.endswith(".png")] + ["report.html"]
     (out / MANIFEST).write_text(json.dumps(files), encoding="utf-8")
     if attach and runs.parent_run_id:
         write_comparisons_to(client, runs.parent_run_id, comparisons)  # the verdicts the report used, on the parent and each defense cell

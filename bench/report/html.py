@@ -9,8 +9,10 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from bench.redact import mask_uri
 from bench.report.families import ATTACK_AXES, AUDIT_EPS, AUDIT_LB, EPSILON, SITE_GAP, UTILITY, WORST_SITE, attack_names
 from bench.report.compare import Comparison, unpaired_settings
+from bench.report.decision import DECISION_CSS
 from bench.report.figures import Figure, Skipped, indicative_banner, verdict_lines
 from bench.report.load import Setting, SuiteRuns
 from bench.report.stats import Estimate
@@ -129,14 +131,29 @@ table.summary th{background:#f4f4f4}
 
 
 def render_html(runs: SuiteRuns, settings: Sequence[Setting], items: Sequence[Figure | Skipped], table: str, out: Path,
-                comparisons: Sequence[Comparison] = (), comparison_table: str = "", fairness_table: str = "") -> str:
-    """A self-contained page: the indicative-only banner, the verdicts, every figure embedded as base64 PNG, the tables."""
+                comparisons: Sequence[Comparison] = (), comparison_table: str = "", fairness_table: str = "",
+                decision_table: str = "") -> str:
+    """A self-contained page: the decision table first, then the indicative-only banner, the verdicts, every
+    figure embedded as base64 PNG, the tables."""
     banner = indicative_banner(settings)
     parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>privbench report: {html.escape(runs.suite)}</title>{_CSS}</head><body>",
+        f"<!doctype html><html><head><meta charset='utf-8'><title>privbench report: {html.escape(runs.suite)}</title>{_CSS}"
+        f"{DECISION_CSS}</head><body>",
         f"<h1>privbench report: suite <code>{html.escape(runs.suite)}</code></h1>",
         f"<p class='banner'><b>{html.escape(banner)}.</b></p>" if banner else "",
-        f"<p>{len(runs.cells)} finished cells in {len(settings)} defense settings, read from <code>{html.escape(runs.uri)}</code> "
+    ]
+    if decision_table:
+        parts += [
+            "<h2 id='decide'>Decision table</h2><p class='reading'>One row per defense setting: each value is a mean over seeds "
+            "with its 95 % interval and, under it, the verdict word. Costs are the defense minus no defense on the same seeds "
+            "(negative = the defense loses accuracy); the worst hospital counts only hospitals with at least "
+            "<code>fairness.min_count</code> test records; the membership column is the attack whose TPR interval has the highest "
+            "lower end (AUC where the FPR is unsupported); 'attack-only' cells train one round on a record per hospital, so "
+            "their accuracy is not a utility result. Hover a value for its metric. Also in decision.csv.</p>",
+            decision_table,
+        ]
+    parts += [
+        f"<p>{len(runs.cells)} finished cells in {len(settings)} defense settings, read from <code>{html.escape(mask_uri(runs.uri))}</code> "
         f"(experiment {html.escape(runs.experiment_id)}, latest suite run {html.escape(runs.parent_run_id or 'none')}), "
         f"generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')}. Every number is a mean over seeds with its 95 % interval "
         "(Student t over seeds; with one seed the cell's own interval where it logged one). ε is shown with its δ.</p>",
