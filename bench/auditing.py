@@ -264,13 +264,19 @@ def audit_metrics(
     return out
 
 
+def no_power(factor: float) -> bool:
+    """Whether a ``detectable_factor`` read back means "vacuous": infinite, or MLflow's stand-in
+    for it (its SQL stores store ±inf as ±max float)."""
+    return math.isinf(factor) or factor >= 1e300
+
+
 def power_words(factor: float, epsilon_ratio: float) -> str:
     """An audit's power in words, for tags, the CLI and the report."""
     if math.isnan(factor):
         return "power unknown (no idealized model of this audit)"
-    if math.isinf(factor):
+    if no_power(factor):
         return "vacuous: would not catch even a 16x weaker mechanism"
-    ratio = f" (epsilon understated >= {epsilon_ratio:.1f}x)" if math.isfinite(epsilon_ratio) else ""
+    ratio = f" (epsilon understated >= {epsilon_ratio:.1f}x)" if math.isfinite(epsilon_ratio) and not no_power(epsilon_ratio) else ""
     return f"would catch noise understated >= {factor:g}x{ratio}"
 
 

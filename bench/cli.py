@@ -181,7 +181,7 @@ def format_audit(m: Mapping[str, float], tags: Mapping[str, str]) -> str:
     if verdict == "vacuous":
         return text + " vacuous"
     k = m.get("audit/detectable_factor")
-    if k is not None and math.isfinite(k):
+    if k is not None and math.isfinite(k) and k < 1e300:  # (MLflow stores an infinite power as max float)
         return f"{text} {k:g}×"
     return text
 

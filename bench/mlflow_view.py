@@ -106,7 +106,7 @@ def headline_columns(metric_names: Iterable[str]) -> list[str]:
     names = set(metric_names)
     out = [m for m in ("utility/test_accuracy", "privacy/epsilon", "privacy/delta") if m in names]
     out += _attack_metrics(names, MEMBERSHIP_FPR)[:MAX_MEMBERSHIP_COLUMNS]
-    out += [m for m in ("audit/epsilon_lower_bound",) if m in names]
+    out += [m for m in ("audit/epsilon_lower_bound", "audit/detectable_factor") if m in names]
     out += _attack_metrics(names, "feature_accuracy")[:MAX_RECONSTRUCTION_COLUMNS]
     out += _attack_metrics(names, "psnr")[:MAX_RECONSTRUCTION_COLUMNS]
     out += [m for m in ("cost/seconds",) if m in names]

@@ -8,10 +8,14 @@ deliberately broken DP implementations each audit catches.
    on an idealized simulation of the claimed mechanism) and the audit's cost as a ratio of the
    same cell's training time without the audit.
 2. ``detect`` — the detection matrix: each test-only bug (``tests/mutants.py``) in its documented
-   configuration, honest and broken, under the white-box audits and the black-box
-   ``canary_audit``; a bug is caught when the cell is tagged ``audit_violation=true``.
-3. ``alarms`` — the honest implementation at every bug configuration over ``--seeds`` seeds:
-   any ``audit_violation=true`` is a false alarm (a bug too).
+   configuration, broken, over ``--detect-seeds`` seeds: its true ε (the accountant on what really
+   ran, ``mutants.TRUE_MECHANISM``) against the claimed ε, how often the cell's verdict is
+   ``violation`` (certified) and at least ``suspect``, which observations caught it, and the
+   audit's power; "met" applies issue 20's rule (true ≥ 3× claimed: violation in ≥ 2 of 3 seeds;
+   ≥ 1.5×: at least suspect in ≥ 2 of 3).
+3. ``alarms`` — the honest implementation at every distinct bug configuration (``--seeds`` seeds
+   at the first, the main ε = 2 cell; ``--other-seeds`` at the others): violations and suspects
+   are false alarms; with the bound's share of its idealized ceiling and the audit's power.
 
 Usage::
 
@@ -126,59 +130,95 @@ def caught(result, name: str, obs: str) -> bool:
     return g(f"{obs}/epsilon_lower_bound") > g("accountant_epsilon") or g(f"{obs}/claim_rejected") == 1
 
 
+def audited(result) -> tuple[str, str]:
+    """(audit name, audited party) of a cell's white-box audit."""
+    name = next(k.split("/")[1] for k in result.metrics if k.startswith("audit/") and k.endswith("/accountant_epsilon") and k.count("/") == 2)
+    if name == "client_canary_audit":
+        return name, "federation"
+    steps = {k.split("/")[3]: v for k, v in result.metrics.items() if k.startswith("defense/dp_sgd/site/") and k.endswith("/steps")}
+    return name, max(steps, key=steps.get)  # the audit's default site: the hospital with the most records (most steps)
+
+
+def requirement(ratio: float) -> str:
+    """What issue 20 asks of a bug whose true ε is ``ratio`` × the claimed ε."""
+    return "violation in ≥ 2/3" if ratio >= 3 else "≥ suspect in ≥ 2/3" if ratio >= 1.5 else "none (< 1.5×)"
+
+
 def detect(data_dir: str, seeds: int, bugs=None) -> None:
-    print(f"\n## Detection matrix ({seeds} seed(s) per cell; caught = this observation certifies more than the "
-          "accountant's ε or rejects its claimed profile; the cell is then tagged audit_violation=true)\n")
-    print("| bug | audit / observation | honest: caught | broken: caught | broken: accountant ε | broken: bound (f-DP) | "
-          "broken: GDP-family ε | broken: estimate [95 % CI] | broken: max certifiable |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"\n## Detection matrix ({seeds} seeds per bug, broken implementation; true ε = the accountant on what really ran)\n")
+    print("| bug | claimed ε | true ε | true / claimed | violation | ≥ suspect | issue 20 asks | met | caught by (observations) | "
+          "power k: σ/k, q·k (seed 0) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    from mutants import true_epsilon
+
     for bug in bugs or MUTANTS:
-        audits = [None]  # the documented white-box audit
-        if MUTANTS[bug][0] == "dp_sgd":
-            audits.append([{"name": "canary_audit", "num_canaries": 100}])  # the black-box audit, same bug
-        for attacks in audits:
-            honest, broken = [], []
-            for seed in range(seeds):
-                raw = bug_config(bug, data_dir, attacks)
-                raw["seed"] = seed
-                honest.append(run(raw))
-                broken.append(run(raw, bug))
-            for name, o, r in audit_rows(broken[-1]):
-                h = sum(caught(x, name, o) for x in honest)
-                b = sum(caught(x, name, o) for x in broken)
-                print(f"| {bug} | {name} / {o} | {h}/{seeds} | {b}/{seeds} | {f(r['eps'])} | {f(r['bound'])} | {f(r['gdp'])} | "
-                      f"{f(r['est'])} [{f(r['est_lo'])}, {f(r['est_hi'])}] | {f(r['max'])} |")
-            sys.stdout.flush()
+        broken = []
+        for seed in range(seeds):
+            raw = bug_config(bug, data_dir)
+            raw["seed"] = seed
+            broken.append(run(raw, bug))
+        r0 = broken[0]
+        name, party = audited(r0)
+        claimed = r0.metrics[f"audit/{name}/accountant_epsilon"]
+        delta = r0.metrics[f"audit/{name}/delta"]
+        true = true_epsilon(bug, r0.record.dp_events, "rdp", delta, party if name == "dpsgd_audit" else "federation")
+        ratio = true / claimed
+        viol = sum(x.tags.get("audit_verdict") == "violation" for x in broken)
+        sus = sum(x.tags.get("audit_verdict") in ("violation", "suspect") for x in broken)
+        need = requirement(ratio)
+        met = viol >= 2 if ratio >= 3 else sus >= 2 if ratio >= 1.5 else True
+        obs = sorted({k.split("/")[2] for k in r0.metrics if k.startswith(f"audit/{name}/") and k.count("/") == 3})
+        by = ", ".join(f"{o} {sum(caught(x, name, o) for x in broken)}/{seeds}" for o in obs)
+        k_sigma = r0.metrics.get(f"audit/{name}/detectable_factor", math.nan)
+        k_rate = r0.metrics.get(f"audit/{name}/all_rounds/detectable_factor_rate", math.nan)
+        print(f"| {bug} | {f(claimed)} | {'∞' if math.isinf(true) else f(true)} | {'∞' if math.isinf(ratio) else f(ratio, 1) + '×'} | "
+              f"{viol}/{seeds} | {sus}/{seeds} | {need} | {'yes' if met else '**no**'} | {by} | {k_sigma:g}, {k_rate:g} |")
+        sys.stdout.flush()
 
 
-def alarms(data_dir: str, seeds: int, bugs=None) -> None:
-    print(f"\n## False alarms of the honest implementation ({seeds} seeds per configuration)\n")
-    print("| configuration | audit | violations | bound / ε (max over seeds) | seconds |")
-    print("|---|---|---|---|---|")
+def alarms(data_dir: str, seeds: int, other_seeds: int, bugs=None) -> None:
+    print(f"\n## The honest implementation (false alarms; {seeds} seeds at the main configuration, {other_seeds} at the others)\n")
+    print("| configuration | audit | seeds | violations | suspects | bound / ε, max | every_step bound / ceiling, mean [min, max] | "
+          "all_rounds bound / ceiling, mean | power k (σ/k), median | seconds |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     done = set()
     for bug in bugs or MUTANTS:
         raw0 = bug_config(bug, data_dir)
-        key = repr((raw0["defenses"], raw0["train"], raw0["attacks"]))
+        key = repr((raw0["defenses"], raw0["train"], raw0["attacks"], raw0["model"]))
         if key in done:
             continue
+        main_cfg = not done
         done.add(key)
+        n = seeds if main_cfg else other_seeds
         t = time.perf_counter()
-        bad, worst = 0, 0.0
-        for seed in range(seeds):
+        results = []
+        for seed in range(n):
             raw = copy.deepcopy(raw0)
             raw["seed"] = seed
-            res = run(raw)
-            bad += res.tags.get("audit_violation") == "true"
-            for _, _, r in audit_rows(res):
-                worst = max(worst, r["bound"] / r["eps"])
-        print(f"| {bug} config | {raw0['attacks'][0]['name']} | {bad}/{seeds} | {worst:.2f} | {time.perf_counter() - t:.0f} |")
+            results.append(run(raw))
+        name, _ = audited(results[0])
+        viol = sum(r.tags.get("audit_verdict") == "violation" for r in results)
+        sus = sum(r.tags.get("audit_verdict") == "suspect" for r in results)
+        worst = max(rr["bound"] / rr["eps"] for r in results for _, _, rr in audit_rows(r))
+        g = lambda r, k: r.metrics.get(f"audit/{name}/{k}", math.nan)  # noqa: E731
+        step = [g(r, "every_step/bound_to_ceiling") for r in results]
+        step = [v for v in step if not math.isnan(v)]
+        rounds = [g(r, "all_rounds/bound_to_ceiling") for r in results]
+        ks = sorted(g(r, "detectable_factor") for r in results)
+        d = raw0["defenses"][0]
+        label = f"{d['name']} " + (f"ε={d['target_epsilon']:g}" if "target_epsilon" in d else f"σ={d.get('noise_multiplier')}") + \
+            f", {raw0['attacks'][0].get('num_canaries')} canaries" + (f" ({raw0['attacks'][0]['directions']})" if "directions" in raw0["attacks"][0] else "")
+        stepcol = f"{statistics.mean(step):.2f} [{min(step):.2f}, {max(step):.2f}]" if step else "–"
+        print(f"| {label} (as for {bug}) | {name} | {n} | {viol}/{n} | {sus}/{n} | {worst:.2f} | {stepcol} | "
+              f"{statistics.mean(rounds):.2f} | {ks[len(ks) // 2]:g} | {time.perf_counter() - t:.0f} |")
         sys.stdout.flush()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--part", choices=["sweep", "cost", "detect", "alarms", "all"], default="all")
-    ap.add_argument("--seeds", type=int, default=20, help="seeds per honest configuration (alarms)")
+    ap.add_argument("--seeds", type=int, default=20, help="seeds of the honest main configuration (alarms)")
+    ap.add_argument("--other-seeds", type=int, default=3, help="seeds of the other honest configurations (alarms)")
     ap.add_argument("--detect-seeds", type=int, default=3, help="seeds per cell of the detection matrix")
     ap.add_argument("--bugs", nargs="*", choices=sorted(MUTANTS), help="only these bugs (detect, alarms)")
     ap.add_argument("--data-dir", default=os.environ.get("PRIVBENCH_DATA_DIR", str(ROOT.parent / "shared/data/uci-heart-disease")))
@@ -191,7 +231,7 @@ def main() -> None:
     if args.part in ("detect", "all"):
         detect(args.data_dir, args.detect_seeds, args.bugs)
     if args.part in ("alarms", "all"):
-        alarms(args.data_dir, args.seeds, args.bugs)
+        alarms(args.data_dir, args.seeds, args.other_seeds, args.bugs)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ QUICK_LIKE = [
     "attack/loss_threshold/auc", "attack/loss_threshold/tpr_at_fpr_0.01", "attack/loss_threshold/tpr_at_fpr_0.01_ci_low",
     "attack/loss_threshold/tpr_at_fpr_0.01_ci_high", "attack/lira/tpr_at_fpr_0.01", "attack/rmia/tpr_at_fpr_0.01",
     "attack/update_cosine/tpr_at_fpr_0.01", "attack/rmia/tpr_at_fpr_0.001_unsupported",
-    "audit/epsilon_lower_bound", "audit/canary_audit/epsilon_lower_bound",
+    "audit/epsilon_lower_bound", "audit/canary_audit/epsilon_lower_bound", "audit/detectable_factor",
     "attack/tableak/feature_accuracy", "attack/tableak/baseline_feature_accuracy", "attack/dlg/psnr", "attack/dlg/psnr_ci_low",
     "attack/inverting_gradients/psnr", "compare/utility/test_accuracy/diff", "cost/seconds", "cost/bytes_per_client",
 ]
@@ -54,7 +54,7 @@ def test_headline_columns_pick_the_comparison_metrics_in_reading_order():
         "utility/test_accuracy", "privacy/epsilon", "privacy/delta",
         # RMIA and LiRA (the state of the art) first, at most three membership columns, no interval ends
         "attack/rmia/tpr_at_fpr_0.01", "attack/lira/tpr_at_fpr_0.01", "attack/loss_threshold/tpr_at_fpr_0.01",
-        "audit/epsilon_lower_bound",
+        "audit/epsilon_lower_bound", "audit/detectable_factor",  # the bound beside the audit's power
         "attack/tableak/feature_accuracy", "attack/dlg/psnr", "attack/inverting_gradients/psnr",
         "cost/seconds",
     ]

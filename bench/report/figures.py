@@ -505,7 +505,7 @@ def audit_points(s: Setting) -> list[tuple[str, dict[str, Optional[Estimate]], f
         deltas = [c.metrics.get(key("delta"), c.metrics.get("audit/delta")) for c in s.cells]
         deltas = [d for d in deltas if d is not None]
         powers = [c.metrics.get(key("detectable_factor")) for c in s.cells]
-        powers = [p for p in powers if p is not None and not math.isnan(p)]
+        powers = [math.inf if p >= 1e300 else p for p in powers if p is not None and not math.isnan(p)]  # MLflow: inf -> max float
         e["power"] = max(powers) if powers else None  # the weakest seed's power: what every seed would catch
         tags = [c.tags.get("audit_verdict", "") for c in s.cells]
         out.append((n or "audit", e, float(np.mean(deltas)) if deltas else math.nan, tags))
