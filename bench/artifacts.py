@@ -117,9 +117,40 @@ def _(output: AuditScores, truth: GroundTruth, info: DatasetInfo, name: str) -> 
 
 # --------------------------------------------------------------------------- inversion
 
-# Public benchmark data: reconstructions of its records may be written out. User data
-# (the ``csv`` dataset) holds real patients: its reconstructions are written only on opt-in.
+# Public benchmark data: reconstructions of its records may be rendered. User data
+# (the ``csv`` dataset) holds real patients: its reconstructions are rendered only on opt-in.
 PUBLIC_BENCHMARK_DATA = frozenset({"breast_cancer", "digits", "heart_disease"})
+
+# --------------------------------------------------------------------------- record-level policy
+
+# Datasets whose record-level artifacts are written by default: bundled benchmark tables and
+# images, no one's patients in this study. Real patients' rows (a user's CSV, UCI heart disease)
+# get them only with ``record_artifacts: true`` (README, "Privacy of the results").
+RECORD_ARTIFACTS_BY_DEFAULT = frozenset({"breast_cancer", "digits"})
+# per-record files: a record id beside its score and membership, a member list, or a record
+RECORD_LEVEL_SUFFIXES = ("/scores.npz", "/canary_scores.npz", ".csv")
+RECORD_LEVEL_PREFIXES = ("reference/signals_",)
+
+
+def record_artifacts_allowed(dataset: str, opt_in: "bool | None") -> bool:
+    """Whether a cell writes record-level artifacts: the ``record_artifacts`` key when set,
+    else only for :data:`RECORD_ARTIFACTS_BY_DEFAULT`."""
+    return dataset in RECORD_ARTIFACTS_BY_DEFAULT if opt_in is None else bool(opt_in)
+
+
+def is_record_level(path: str) -> bool:
+    """An artifact that holds per-record data (ids with scores or membership, member lists,
+    reconstructed or true records), as opposed to figures and aggregates."""
+    return path.endswith(RECORD_LEVEL_SUFFIXES) or path.startswith(RECORD_LEVEL_PREFIXES)
+
+
+def apply_record_policy(files: dict[str, bytes], allowed: bool, output: object = None) -> dict[str, bytes]:
+    """``files`` without its record-level artifacts unless ``allowed``; an inversion attack's
+    own ``write_records: true`` still writes its reconstruction CSVs."""
+    if allowed:
+        return files
+    keep_csv = bool(getattr(output, "write_records", False))
+    return {p: b for p, b in files.items() if not is_record_level(p) or (keep_csv and p.endswith(".csv"))}
 
 
 def image_grid_png(true, rec, title: str) -> bytes:

@@ -319,6 +319,11 @@ def cmd_validate(args) -> int:
 
         check_data(c.config for c in suite.cells)
         _describe_data(suite)
+        from bench.data import small_site_report
+
+        for line in dict.fromkeys(small_site_report(c.config.data, c.config.seed) for c in suite.cells):
+            if line:
+                print(line)
     print(f"{args.suite}: suite {suite.name!r} is valid{' (data loaded and split)' if args.data else ''}: {len(suite.cells)} cells")
     for cell in suite.cells:
         print(f"  {cell.run_key}  {cell.name}")
@@ -759,7 +764,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from bench.tracking import StoreError
+    from bench import redact
 
     args = build_parser().parse_args(argv)
     if not getattr(args, "verbose", False):
@@ -772,9 +777,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # offline next to clinical data: off unless the user set MLFLOW_DISABLE_TELEMETRY or DO_NOT_TRACK
     if "DO_NOT_TRACK" not in os.environ:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("mlflow", "alembic", "urllib3", "opacus"):
-        logging.getLogger(noisy).setLevel(logging.WARNING if args.verbose else logging.ERROR)
+    # credentials in the tracking URI (or MLFLOW_TRACKING_PASSWORD/TOKEN) are masked in every line
+    # this command prints or logs, MLflow's own included (bench/redact.py)
+    with redact.guard(getattr(args, "tracking_uri", None), os.environ.get("MLFLOW_TRACKING_URI")):
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        for noisy in ("mlflow", "alembic", "urllib3", "opacus"):
+            logging.getLogger(noisy).setLevel(logging.WARNING if args.verbose else logging.ERROR)
+        return _dispatch(args)
+
+
+def _dispatch(args) -> int:
+    from bench.tracking import StoreError
+
     try:
         return args.func(args)
     except ConfigError as exc:

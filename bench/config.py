@@ -34,6 +34,10 @@ class DataConfig:
     # cap on each hospital's members (training records) after the split; the rest become
     # non-members. Gradient inversion attacks a hospital holding exactly B records.
     members_per_site: Optional[int] = field(default=None, metadata={"ge": 1})
+    # hospitals too small to split (or below min_site_records): "error" lists them all, "drop" leaves
+    # them out, "merge" pools them into one hospital named "merged_small_sites" (bench.data.small_sites)
+    small_sites: Literal["error", "drop", "merge"] = "error"
+    min_site_records: Optional[int] = field(default=None, metadata={"ge": 1})
     data_dir: Optional[str] = None
     download: bool = True
     path: Optional[str] = None
@@ -167,6 +171,9 @@ class ExperimentConfig:
     attacks: tuple[ComponentSpec, ...] = ()
     seed: int = field(default=0, metadata={"ge": 0})
     fairness: Optional[FairnessConfig] = None
+    # record-level artifacts (per-record scores, member lists, reconstructed records): None = the
+    # dataset's default (on for bundled benchmark data, off for real patients: csv, heart_disease)
+    record_artifacts: Optional[bool] = None
     data_fingerprint: str = field(default="", metadata={"derived": True})
 
     def to_dict(self) -> dict:
@@ -174,8 +181,8 @@ class ExperimentConfig:
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == "fairness" and value is None:
-                continue  # absent, not null: configs without fairness keep their run_key
+            if f.name in ("fairness", "record_artifacts") and value is None:
+                continue  # absent, not null: configs without them keep their run_key
             if f.metadata.get("derived"):
                 continue
             if f.name in ("defenses", "attacks"):

@@ -353,6 +353,9 @@ class LocalExecutor:
             pool.shutdown(wait=True)
 
 
+RAY_LOCAL_ENV = "PRIVBENCH_RAY_LOCAL"  # "1": the user accepts a local Ray's all-interface sockets
+
+
 class RayExecutor:
     """Each cell a Ray task on a Ray cluster (``privbench run --executor ray``).
 
@@ -371,11 +374,19 @@ class RayExecutor:
 
     def __init__(self, address: Optional[str] = None, max_in_flight: Optional[int] = None, ship_code: bool = False) -> None:
         try:
-            import ray  # noqa: F401
+            import ray
         except ImportError:
             raise ConfigError("--executor ray: Ray is not installed; pip install 'privbench[ray]'") from None
         if max_in_flight is not None and max_in_flight < 1:
             raise ConfigError(f"--workers: got {max_in_flight}; expected a positive number of cells in flight")
+        if (address is None and not os.environ.get("RAY_ADDRESS") and not ray.is_initialized()
+                and os.environ.get(RAY_LOCAL_ENV, "").lower() not in ("1", "true", "yes")):
+            # a local Ray gets its node address and driver on loopback and no dashboard, but Ray's own
+            # gRPC servers (GCS, raylet, object manager, workers) bind every interface whatever they
+            # are told: refused before anything is logged unless the user accepts that
+            raise ConfigError(f"--executor ray without --address: a local Ray's gRPC servers listen on every network interface "
+                              f"(Ray cannot bind them to 127.0.0.1 only); use --workers N for cells in parallel on this machine, "
+                              f"--address HEAD:6379 for a cluster, or set {RAY_LOCAL_ENV}=1 to start a local Ray anyway")
         self.address = address
         self.max_in_flight = max_in_flight
         self.ship_code = ship_code
@@ -400,6 +411,8 @@ class RayExecutor:
             import defenses
 
             kwargs["runtime_env"] = {"py_modules": [bench, attacks, defenses]}
+        if self.address is None and not os.environ.get("RAY_ADDRESS"):
+            kwargs.update(_node_ip_address="127.0.0.1", include_dashboard=False)  # a local Ray: loopback, no dashboard
         try:
             ray.init(address=self.address, **kwargs)
         except ConnectionError as exc:

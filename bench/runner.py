@@ -20,15 +20,15 @@ from bench.config import ExperimentConfig
 from bench.data import build_federation
 from bench.fairness import fairness_metrics
 from bench.federated import run_federated
-from bench.artifacts import render
-from bench.metrics import score
+from bench.artifacts import apply_record_policy, record_artifacts_allowed, render
+from bench.metrics import SITE_MIN_COUNT, score
 from bench.metrics.malicious import malicious_metrics
 from bench.auditing import audit_delta, audit_metrics, audit_verdict
 from bench.reference import make_many_simulator, reference_artifacts
 from bench.models import MODELS, build_model, flatten, num_params
 from bench.seeding import Seeds
 from bench.tracking import CellLog, MemoryCellLog
-from bench.types import AuditScores, Federation, PlanInputs, Records, RoundRecord, Site, TrainingRecord
+from bench.types import AuditScores, Reconstructions, Federation, PlanInputs, Records, RoundRecord, Site, TrainingRecord
 from bench.views import derive_views
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,10 @@ def make_simulator(cfg: ExperimentConfig, fed: Federation, model_fn: Callable[[]
         return rec.final_params
 
     return simulate
+
+
+#: where an attack-only cell's accuracy goes instead of utility/ (see run_cell)
+ATTACK_ONLY_PREFIX = "attack_only/"
 
 
 def privacy_metrics(report: PrivacyReport) -> dict[str, float]:
@@ -159,8 +163,15 @@ def run_cell(cfg: ExperimentConfig, out: CellLog, on_round: Optional[Callable[[R
             truth = dataclasses.replace(truth, **truth_fields)
     out.params({f"data.site_size.{s.name}": len(s.train) for s in fed.sites})
 
+    # A cell whose attacks are all gradient inversions (no malicious plan) evaluates a model trained for the
+    # attack's sake (one round, a record per hospital): its accuracy is not a utility result, so it is logged
+    # as attack_only/... and never reaches a utility axis, table or comparison (tag cell_kind).
+    attack_only = bool(attacks) and all(a.kind == "reconstruction" and not hasattr(a, "server_plan") for a in attacks)
+    as_logged = (lambda d: {ATTACK_ONLY_PREFIX + k[len("utility/"):] if k.startswith("utility/") else k: v for k, v in d.items()}) \
+        if attack_only else (lambda d: dict(d))
+
     def stream(r: RoundRecord) -> None:
-        out.metrics({**r.utility, "cost/round_seconds": r.seconds}, step=r.round)
+        out.metrics({**as_logged(r.utility), "cost/round_seconds": r.seconds}, step=r.round)
         if on_round is not None:
             on_round(r)
 
@@ -172,11 +183,14 @@ def run_cell(cfg: ExperimentConfig, out: CellLog, on_round: Optional[Callable[[R
     served_fn = plan.model_fn if plan is not None and plan.model_fn is not None else model_fn  # what the hospitals trained
 
     phase("training")
-    record = run_federated(fed, initial, defenses, cfg.train, cfg.privacy, seeds, on_round=stream, plan=plan)
-    metrics: dict[str, float] = dict(record.rounds[-1].utility)
+    record = run_federated(fed, initial, defenses, cfg.train, cfg.privacy, seeds, on_round=stream, plan=plan,
+                           site_min_count=cfg.fairness.min_count if cfg.fairness is not None else SITE_MIN_COUNT)
+    metrics: dict[str, float] = as_logged(record.rounds[-1].utility)
     report = account(record.dp_events, cfg.privacy.accountant, cfg.privacy.delta, cfg.privacy.neighbouring)
     metrics.update(privacy_metrics(report))
     tags = dict(record.tags)
+    if attack_only:
+        tags["cell_kind"] = "attack_only"
     tags.update(privacy_tags(report, tags))
     tags.update(adversary_tags(plan, report, record))
     against, against_tags = against_metrics(defenses, report, cfg.privacy.accountant, cfg.privacy.neighbouring)
@@ -201,6 +215,9 @@ def run_cell(cfg: ExperimentConfig, out: CellLog, on_round: Optional[Callable[[R
     audits: dict[str, dict[str, float]] = {}
     observed: dict[str, list[str]] = {}
     outputs: dict[str, object] = {}
+    # per-record scores, member lists and records of real patients stay out of the store unless opted in
+    records_ok = record_artifacts_allowed(cfg.data.name, cfg.record_artifacts)
+    tags["record_artifacts"] = str(records_ok).lower()
     for spec, attack in zip(cfg.attacks, attacks):
         phase(f"attack {spec.name}")  # (the first outsider attack also trains the reference models)
         t_a = time.perf_counter()
@@ -215,11 +232,13 @@ def run_cell(cfg: ExperimentConfig, out: CellLog, on_round: Optional[Callable[[R
                 scored.update(malicious_metrics(output, truth))
             metrics.update({f"attack/{spec.name}/{k}": v for k, v in scored.items()})
         metrics[f"cost/attack/{spec.name}/seconds"] = time.perf_counter() - t_a
-        for path, data in render(output, truth, fed.info, spec.name).items():
+        if records_ok and isinstance(output, Reconstructions):
+            output = dataclasses.replace(output, write_records=True)  # record_artifacts: true covers user data too
+        for path, data in apply_record_policy(render(output, truth, fed.info, spec.name), records_ok, output).items():
             out.bytes(data, path)
     phase("fairness and audit verdicts")
     ref_files, ref_metrics = reference_artifacts(views)
-    for path, data in ref_files.items():
+    for path, data in apply_record_policy(ref_files, records_ok).items():
         out.bytes(data, path)
     metrics.update(ref_metrics)
     metrics.update(fairness_metrics(cfg.fairness, fed, truth, served_fn(), record.final_params, outputs))  # scoring's side: truth meets outputs
@@ -230,7 +249,8 @@ def run_cell(cfg: ExperimentConfig, out: CellLog, on_round: Optional[Callable[[R
     phase("logging")
     finite = {k: v for k, v in metrics.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
     # the last round's utility is already logged at step=rounds: log it once, not twice
-    out.metrics({k: v for k, v in finite.items() if k not in record.rounds[-1].utility}, step=cfg.train.rounds)
+    streamed = as_logged(record.rounds[-1].utility)
+    out.metrics({k: v for k, v in finite.items() if k not in streamed}, step=cfg.train.rounds)
     out.tags(tags)
     return CellResult(name=cfg.label(), run_key=cfg.run_key, metrics=finite, tags=tags, record=record)
 

@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
 from urllib.parse import urlsplit
 
+from bench.redact import redact
+from bench.redact import register as register_secret
 from bench.types import ConfigError
 
 log = logging.getLogger(__name__)
@@ -124,7 +126,7 @@ def check_tracking_uri(uri: str, create: bool = True) -> None:
     Raises:
         ConfigError: one line naming the URI, the problem and the fix.
     """
-    where = f"--tracking-uri {uri!r}"
+    where = f"--tracking-uri {redact(uri)!r}"
     if not uri or not uri.strip():
         raise ConfigError(f"{where}: empty; {_URI_HELP}")
     scheme = _scheme(uri)
@@ -239,7 +241,7 @@ def _short(exc: BaseException, limit: int = 300) -> str:
 
 def _probe_error(uri: str, exc: BaseException, seconds: float) -> ConfigError:
     """A one-line ConfigError for a store that fails its first request."""
-    where = f"--tracking-uri {uri!r}"
+    where = f"--tracking-uri {redact(uri)!r}"
     scheme = _scheme(uri)
     if isinstance(exc, ImportError):
         if scheme == "postgresql":
@@ -607,7 +609,7 @@ class MlflowCellLog(CellLog):
     def params(self, params):
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        items = [Param(k, redact(str(v))[:6000]) for k, v in params.items()]  # no credential reaches the store
         for i in range(0, len(items), 100):
             self._call(self.client.log_batch, self.run_id, params=items[i : i + 100])
 
@@ -622,10 +624,10 @@ class MlflowCellLog(CellLog):
     def tags(self, tags):
         from mlflow.entities import RunTag
 
-        self._call(self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+        self._call(self.client.log_batch, self.run_id, tags=[RunTag(k, redact(str(v))[:5000]) for k, v in tags.items()])
 
     def text(self, text, path):
-        self._call(self.client.log_text, self.run_id, text, path)
+        self._call(self.client.log_text, self.run_id, redact(text), path)
 
     def bytes(self, data, path):
         with tempfile.TemporaryDirectory() as tmp:
@@ -668,6 +670,7 @@ class MlflowTracker:
 
     def __init__(self, tracking_uri: Optional[str] = None, create: bool = True) -> None:
         self.uri = default_tracking_uri() if tracking_uri is None else tracking_uri
+        register_secret(self.uri)  # its password is masked in everything privbench prints or logs
         if _scheme(self.uri) in _HTTP_SCHEMES:
             bounded_http_retries()
         self.client = open_client(self.uri, create=create)
@@ -696,7 +699,7 @@ class MlflowTracker:
                     time.sleep(1.0 + attempt)
                     continue
                 if is_store_outage(exc):
-                    self.lost = f"the tracking store {self.uri} stopped answering ({_short(exc, 200)})"
+                    self.lost = redact(f"the tracking store {self.uri} stopped answering ({_short(exc, 200)})")
                     self._stop_heartbeat()
                     raise StoreError(self.lost) from exc
                 raise
@@ -723,7 +726,7 @@ class MlflowTracker:
     def _end(self, run_id: str, status: str, error: Optional[str] = None) -> None:
         try:
             if error:
-                self._call(self.client.set_tag, run_id, "error", error[:1000])
+                self._call(self.client.set_tag, run_id, "error", redact(error)[:1000])
             self._call(self.client.set_terminated, run_id, status=status)
         finally:
             self._disown(run_id)
@@ -803,7 +806,7 @@ class MlflowTracker:
         owner = owner_text(run.data.tags)
         msg = (f"privbench: the process that ran this ({owner}) is gone (killed or its machine lost); "
                f"marked FAILED by pid {os.getpid()} on host {socket.gethostname()} at {_now_iso()}")
-        self._call(self.client.set_tag, run.info.run_id, "error", msg)
+        self._call(self.client.set_tag, run.info.run_id, "error", redact(msg))
         self._call(self.client.set_terminated, run.info.run_id, status="FAILED")
         return Reaped(run.info.run_id, run.info.run_name or run.info.run_id, owner)
 

@@ -18,13 +18,14 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 import webbrowser
 from pathlib import Path
 from typing import Optional, Sequence
 
+from bench.redact import mask_uri, strip_credentials
+from bench.safefiles import open_private
 from bench.types import ConfigError
 
 log = logging.getLogger(__name__)
@@ -204,7 +205,7 @@ def cmd_ui(args) -> int:
     suite = getattr(args, "suite", None)
     want_open = getattr(args, "open", False)
     if is_remote(uri):  # the server already serves the UI
-        base = uri.rstrip("/")
+        base = strip_credentials(uri).rstrip("/")  # links to share: the browser asks for the password itself
         links = suite_links(MlflowClient(tracking_uri=uri), base, suite)
         print(f"MLflow UI at {base} (tracking server)")
         _print_links(links, base)
@@ -218,9 +219,10 @@ def cmd_ui(args) -> int:
     base = f"http://{browse_host(args.host)}:{args.port}"
     # save the views before MLflow opens the store: one writer at a time on a SQLite file
     links = suite_links(MlflowClient(tracking_uri=uri), base, suite)
-    logfile = Path(tempfile.gettempdir()) / f"privbench-ui-{args.port}.log"
-    print(f"starting the MLflow UI on {base} (store {uri}; log {logfile}) ...", flush=True)
-    with open(logfile, "w") as fh:
+    # a fresh name in the user's private folder: no fixed /tmp name a planted symlink could redirect
+    fh, logfile = open_private("logs", f"ui-{args.port}-")
+    print(f"starting the MLflow UI on {base} (store {mask_uri(uri)}; log {logfile}) ...", flush=True)
+    with fh:
         # its own session: Ctrl-C reaches this process only, which then stops the server's group
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     # SIGTERM (kill, a scheduler; Ctrl-C cannot reach a background job) stops the server like Ctrl-C

@@ -152,6 +152,7 @@ def _suite(tmp_path: Path, file: str, name: str, seeds, rounds: int = 2, defense
 def _privbench(args, uri: str) -> subprocess.Popen:
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     env.pop("RAY_ADDRESS", None)  # a local Ray, started (and stopped) by privbench
+    env["PRIVBENCH_RAY_LOCAL"] = "1"  # accepted here: its gRPC servers listen on every interface (bench/executors.py)
     return subprocess.Popen([sys.executable, "-m", "bench", *map(str, args), "-q"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
