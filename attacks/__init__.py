@@ -6,6 +6,7 @@ from attacks.membership import lira, rmia, source_inference, update_cosine  # no
 from attacks.membership import peer_fedmia  # noqa: F401,E402  (registration)
 from attacks.audit import canary, whitebox  # noqa: F401,E402  (registration)
 from attacks.inversion import analytic, dlg, inverting_gradients, tableak  # noqa: F401,E402  (registration)
+from attacks.attribute import blackbox, whitebox  # noqa: F401,E402  (registration)
 from attacks.malicious import imprint, inconsistency, withheld_noise  # noqa: F401,E402  (registration)
 
 __all__ = ["ATTACKS", "Attack"]

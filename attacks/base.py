@@ -25,7 +25,7 @@ class Attack:
         Params: frozen dataclass of hyperparameters.
         threat_model: ``"outsider"`` (gets an ``OutsiderView``) or ``"server"`` (``ServerView``).
         needs_individual_updates: refused at load time when a defense hides updates.
-        kind: ``"membership"``, ``"source"``, ``"reconstruction"`` or ``"audit"``.
+        kind: ``"membership"``, ``"source"``, ``"reconstruction"``, ``"audit"`` or ``"attribute"``.
     """
 
     Params: ClassVar[type]

@@ -203,6 +203,7 @@ class GroundTruth:
     info: Optional[DatasetInfo] = None  # feature metadata, to decode tabular reconstructions
     population: Optional[Records] = None  # held-out records whose marginals give the inversion prior baseline
     sensitive: tuple[SensitiveAttribute, ...] = ()  # fairness.attributes' subgroups (bench.fairness)
+    candidates: Optional[Records] = None  # the candidates' records, aligned with candidate_ids (attribute inference's truth)
 
 
 # --------------------------------------------------------------------------- audit canaries
@@ -615,6 +616,43 @@ class AuditScores:
     # (``bench.metrics.audit.step_llr_scores``): not Gaussian-shaped, so no Gaussian-fit
     # estimate, and their ceiling simulates every step
     step_observations: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AttributeGuesses:
+    """What an attribute inference attack believes about one sensitive attribute of each record.
+
+    The attribute's value is decoded from the record's own features by scoring only
+    (``bench.metrics.attribute``); the attack states how: the feature it targets and, for a
+    continuous feature, the cut points of its bands.
+
+    Attributes:
+        ids: candidate ids, aligned with the rows of the score arrays.
+        attribute: the feature's name (``DatasetInfo.features``), e.g. ``"sex"``.
+        groups: the candidate values (categories, or band labels such as ``under_55``).
+        bands: cut points on the raw scale for a continuous feature; empty for a categorical one.
+        attack: (n, V) scores of each candidate value from the target model (higher = more likely).
+        imputation: (n, V) scores of the baseline that never queried the model: an imputation
+            model fit on the adversary's auxiliary data (Jayaraman and Evans, 2022).
+        answered: (n,) False where the attack said "don't know" (SACRO-ML's rule).
+    """
+
+    ids: np.ndarray
+    attribute: str
+    groups: tuple[str, ...]
+    bands: tuple[float, ...]
+    attack: np.ndarray
+    imputation: np.ndarray
+    answered: np.ndarray
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AttributeInferences:
+    """An attribute inference attack's output: one :class:`AttributeGuesses` per attribute."""
+
+    items: tuple[AttributeGuesses, ...]
+    adversary: str = "outsider"
 
 
 @dataclass(frozen=True)

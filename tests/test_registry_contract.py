@@ -24,6 +24,7 @@ from bench.types import (
     THREAT_MODELS,
     AuditScores,
     ConfigError,
+    AttributeInferences,
     MembershipScores,
     OutsiderView,
     PeerView,
@@ -154,7 +155,8 @@ def test_image_only_model_refuses_tabular_data():
 # --------------------------------------------------------------------------- attacks
 
 VIEW_TYPES = {"outsider": OutsiderView, "server": ServerView, "peer": PeerView}
-OUTPUT_TYPES = {"membership": MembershipScores, "source": SourceGuesses, "reconstruction": Reconstructions, "audit": AuditScores}
+OUTPUT_TYPES = {"membership": MembershipScores, "source": SourceGuesses, "reconstruction": Reconstructions, "audit": AuditScores,
+                "attribute": AttributeInferences}
 # the smallest settings that exercise each attack end to end on the tiny federation
 ATTACK_SETTINGS = {
     "loss_threshold": {},
@@ -173,6 +175,8 @@ ATTACK_SETTINGS = {
     "imprint": {"bins": 64},
     "model_inconsistency": {"inversion": "analytic"},
     "withheld_noise": {},
+    "attribute_inference": {"attributes": [{"name": "mean_radius", "bands": [14.0]}], "folds": 2},
+    "attribute_inference_server": {"attributes": [{"name": "mean_radius", "bands": [14.0]}], "folds": 2},
 }
 # attacks that need another model than the tiny federation's logreg
 ATTACK_MODELS = {"model_inconsistency": {"name": "mlp", "hidden": [8]}}
@@ -183,7 +187,8 @@ ATTACK_DEFENSES = {
     "withheld_noise": [{"name": "client_dp", "noise_multiplier": 1.0}],
 }
 # the headline metric each kind of attack must produce
-HEADLINE = {"membership": "auc", "source": "accuracy", "reconstruction": "feature_accuracy", "audit": "epsilon_lower_bound"}
+HEADLINE = {"membership": "auc", "source": "accuracy", "reconstruction": "feature_accuracy", "audit": "epsilon_lower_bound",
+            "attribute": "mean_radius/signal"}  # attack/<name>/<attribute>/signal
 
 
 def test_every_attack_has_settings_here():

@@ -146,6 +146,7 @@ def build_federation(cfg, seeds: Seeds, fairness=None) -> tuple[Federation, Grou
         info=info,
         population=test,  # the inversion prior: same distribution, never trained on nor attacked
         sensitive=sensitive,
+        candidates=candidates,
     )
     fed = Federation(info=info, sites=sites, test=test, candidates=candidates, population=candidates, sensitive=sensitive)
     return fed, truth

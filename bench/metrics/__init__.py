@@ -199,3 +199,4 @@ def records_to_numpy(records: Records) -> Mapping[str, np.ndarray]:
 
 
 from bench.metrics import reconstruction  # noqa: E402,F401  (registers scoring of Reconstructions)
+from bench.metrics import attribute  # noqa: E402,F401  (registers scoring of AttributeInferences)
