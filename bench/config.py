@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import os
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
@@ -367,12 +368,51 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+DEFAULT_MAX_YAML_BYTES = 1_000_000  # a suite file is a page of YAML; the largest shipped one is a few kB
+MAX_YAML_BYTES_ENV = "PRIVBENCH_MAX_YAML_BYTES"
+MAX_YAML_DEPTH = 32  # nesting levels of a suite (a suite needs about 6; Python's parser gives up near 1000)
+
+
+def _env_limit(var: str, default: int) -> int:
+    text = os.environ.get(var, "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"{var}: got {text[:40]!r}; expected a positive whole number, e.g. {var}={default * 10}")
+    return int(text)
+
+
+def yaml_depth(value: Any) -> int:
+    """Nesting depth of loaded YAML (a scalar is 0), computed without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > MAX_YAML_DEPTH:
+            return deepest
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+    return deepest
+
+
 def load_yaml(path: str) -> Any:
-    """Read a YAML file safely (no object construction, duplicate keys refused); errors name
-    the file and line."""
+    """Read a YAML file safely (no object construction, duplicate keys refused, bounded size and
+    nesting); errors name the file and line."""
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        size = 0  # a missing file or folder is named below
+    limit = _env_limit(MAX_YAML_BYTES_ENV, DEFAULT_MAX_YAML_BYTES)
+    if size > limit:
+        raise ConfigError(f"{path}: {size:,} bytes is more than a suite file may hold ({limit:,}); "
+                          f"pass the suite YAML, or raise the limit with {MAX_YAML_BYTES_ENV}={size}")
     try:
         with open(path, encoding="utf-8") as fh:
-            return yaml.load(fh, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+            loaded = yaml.load(fh, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise ConfigError(f"{path}: nested deeper than a suite can be (more than {MAX_YAML_DEPTH} levels); flatten the YAML") from None
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found; pass the path of a suite YAML, e.g. experiments/quick.yaml") from None
     except IsADirectoryError:
@@ -384,3 +424,6 @@ def load_yaml(path: str) -> Any:
         raise ConfigError(f"{path}:{where}: {problem}; fix the YAML syntax") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a UTF-8 text file; pass a suite YAML file") from None
+    if yaml_depth(loaded) > MAX_YAML_DEPTH:
+        raise ConfigError(f"{path}: nested deeper than a suite can be (more than {MAX_YAML_DEPTH} levels); flatten the YAML")
+    return loaded

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from bench.canaries import client_canary_updates
-from bench.metrics import utility_metrics
+from bench.metrics import SITE_MIN_COUNT, utility_metrics
 from bench.models import flatten, load_flat, num_params
 from bench.seeding import Seeds
 from bench.training import LocalSettings, PlainTrainer, RecordGroups
@@ -107,6 +107,7 @@ def run_federated(
     on_round: Optional[RoundCallback] = None,
     evaluate: bool = True,
     plan: Optional[ServerPlan] = None,
+    site_min_count: int = SITE_MIN_COUNT,
 ) -> TrainingRecord:
     """Run FedAvg with ``defenses`` and return the record of every round.
 
@@ -123,6 +124,7 @@ def run_federated(
             it sends each hospital each round, whether it withholds its own noise. Client-side
             defenses (``check_received``) see what each hospital received before it trains and
             may refuse the round (recorded as ``RoundRecord.aborted``; the model stays as it was).
+        site_min_count: hospitals with fewer test records get a count, not an accuracy (``utility_metrics``).
     """
     t_start = time.perf_counter()
     configured_architecture = architecture_of(initial_model)
@@ -167,7 +169,7 @@ def run_federated(
             record = RoundRecord(
                 round=r, global_params=global_params, participants=participants, weights={}, updates={},
                 updates_hidden=any(d.hides_updates for d in defenses), aggregate=torch.zeros_like(global_params),
-                disclosures={}, utility=utility_metrics(eval_model, global_params, fed) if evaluate else {},
+                disclosures={}, utility=utility_metrics(eval_model, global_params, fed, site_min_count) if evaluate else {},
                 seconds=time.perf_counter() - t_round, aggregation_seconds=0.0, bytes_per_client=0.0,
                 sent={n: v for n, v in sent.items() if not torch.equal(v, global_params)}, aborted=aborted,
             )
@@ -213,7 +215,7 @@ def run_federated(
             # server that withholds its noise applies the clean sum
             aggregate = summed
         new_params = global_params + train_cfg.server_lr * aggregate
-        utility = utility_metrics(eval_model, new_params, fed) if evaluate else {}
+        utility = utility_metrics(eval_model, new_params, fed, site_min_count) if evaluate else {}
         bytes_pc = float(np.mean([payload_bytes(u) for u in updates.values()]))
         if aggregator is not None:
             bytes_pc = float(aggregator.metrics().get("cost/bytes_per_client", bytes_pc))

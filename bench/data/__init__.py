@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import torch
 
@@ -91,6 +93,72 @@ def encode(raw: RawData, member_index: np.ndarray):
     return enc.transform, info
 
 
+MERGED_SITE = "merged_small_sites"
+
+
+def min_site_records(cfg) -> int:
+    """The fewest records of one label that split into ≥ 2 members (``members_per_site`` if 1), ≥ 1
+    non-member and ≥ 1 test record at the configured fractions (``split_site``'s rounding); a
+    hospital with mixed labels may need more, since each label is split on its own."""
+    need_mem = min(2, cfg.members_per_site or 2)
+    for n in range(1, 100_000):
+        n_test = int(round(n * cfg.test_fraction))
+        n_mem = int(round((n - n_test) * cfg.member_fraction))
+        if n_test >= 1 and n_mem >= need_mem and n - n_test - n_mem >= 1:
+            return n
+    return 100_000  # not reached for fractions in (0, 1)
+
+
+def too_small_message(short, cfg) -> str:
+    """One line naming every too-small hospital with its size, the minimum, and the keys that fix it."""
+    listed = ", ".join(f"{n} ({k})" for n, k in short)
+    need = max(cfg.min_site_records or 0, min_site_records(cfg))
+    return (f"data: {len(short)} hospital(s) too small to split into members/non-members/test: {listed} records; each needs at "
+            f"least {need} (at data.test_fraction={cfg.test_fraction:g}, data.member_fraction={cfg.member_fraction:g}); set "
+            f"data.small_sites: drop (leave them out) or merge (pool them into one hospital), or raise the fractions"
+            + (" or use fewer hospitals (data.num_sites)" if cfg.partition != "natural" else ""))
+
+
+def small_sites(parts, names, cfg) -> tuple[list, list, list[tuple[str, int]]]:
+    """Apply ``data.small_sites`` to hospitals with fewer than ``data.min_site_records`` records
+    (default: :func:`min_site_records`).
+
+    Returns:
+        (index arrays, names, [(hospital, records)] of the hospitals dropped or merged). Under
+        ``error`` nothing changes here; :func:`build_federation` then lists every hospital that
+        cannot be split in one error.
+    """
+    if cfg.small_sites == "error":
+        return list(parts), list(names), []
+    need = cfg.min_site_records or min_site_records(cfg)
+    small = [(n, p) for n, p in zip(names, parts) if len(p) < need]
+    if not small:
+        return list(parts), list(names), []
+    keep = [(n, p) for n, p in zip(names, parts) if len(p) >= need]
+    if cfg.small_sites == "merge":
+        keep.append((MERGED_SITE, np.sort(np.concatenate([p for _, p in small]))))
+    if not keep:
+        raise ConfigError(f"data.small_sites: {cfg.small_sites}: every hospital has fewer than {need} records; "
+                          "lower data.min_site_records or use data.small_sites: merge")
+    return [p for _, p in keep], [n for n, _ in keep], [(n, len(p)) for n, p in small]
+
+
+def small_site_report(cfg, seed: int) -> Optional[str]:
+    """What ``data.small_sites`` did to this data (``privbench validate --data`` prints it), or None
+    when the policy is ``error`` or no hospital is below the minimum."""
+    if cfg.small_sites == "error":
+        return None
+    raw = DATASETS.get(cfg.name).load(cfg)
+    parts, names = _site_indices(raw, cfg, Seeds(seed).rng("data"))
+    _, kept, changed = small_sites(parts, names, cfg)
+    if not changed:
+        return None
+    need = cfg.min_site_records or min_site_records(cfg)
+    what = "left out" if cfg.small_sites == "drop" else f"merged into {MERGED_SITE!r}"
+    return (f"data.small_sites: {cfg.small_sites}: {len(changed)} hospital(s) below {need} records {what}: "
+            + ", ".join(f"{n} ({k})" for n, k in changed) + f"; {len(kept)} hospital(s) remain")
+
+
 def build_federation(cfg, seeds: Seeds, fairness=None) -> tuple[Federation, GroundTruth]:
     """Load ``cfg.name``, split it into hospitals and member / non-member / test records.
 
@@ -109,6 +177,8 @@ def build_federation(cfg, seeds: Seeds, fairness=None) -> tuple[Federation, Grou
     raw = hold_out(raw, fairness)
     rng = seeds.rng("data")
     parts, names = _site_indices(raw, cfg, rng)
+    parts, names, _ = small_sites(parts, names, cfg)
+    names = tuple(names)
     splits, fit_parts = [], []
     for part in parts:
         if cfg.max_records_per_site is not None and len(part) > cfg.max_records_per_site:
@@ -119,11 +189,11 @@ def build_federation(cfg, seeds: Seeds, fairness=None) -> tuple[Federation, Grou
             # the records left out shaped the preprocessing, so they are neither members nor
             # non-members: they leave the candidate pool (non-members stay untouched by training)
             mem = np.sort(rng.choice(mem, cfg.members_per_site, replace=False))
-        if len(mem) < min(2, cfg.members_per_site or 2) or len(non) < 1 or len(test) < 1:
-            raise ConfigError(
-                f"data: a hospital has too few records ({len(part)}) for members/non-members/test; use fewer hospitals or larger fractions"
-            )
         splits.append((mem, non, test))
+    short = [(n, len(p)) for n, p, (mem, non, test) in zip(names, parts, splits)
+             if len(mem) < min(2, cfg.members_per_site or 2) or len(non) < 1 or len(test) < 1]
+    if short:  # every such hospital at once, with its size and the minimum, and the keys that fix it
+        raise ConfigError(too_small_message(short, cfg))
     transform, info = encode(raw, np.concatenate(fit_parts))
     x_all = torch.from_numpy(transform(raw.x))
     y_all = torch.from_numpy(raw.y.astype(np.int64))

@@ -151,9 +151,31 @@ def _check_shape(cfg, path: Path, data: bytes) -> None:
         raise ConfigError(f"data.path: {_where(cfg)} is not a readable CSV (line {reader.line_num}: {exc})") from None
     if header is None:
         raise ConfigError(f"data.path: {path.name} is empty; it needs a header line and one row per patient")
+    names = [h.strip() for h in header]
+    twice = sorted({h for h in names if names.count(h) > 1})
+    if twice:  # pandas would rename the second one to 'age.1' and read both as features
+        raise ConfigError(f"data.path: {path.name} has the column {twice[0]!r} {names.count(twice[0])} times in its header; "
+                          "give each column one name")
 
 
 # --------------------------------------------------------------------------- small helpers
+
+
+def _site_codes(col) -> "pd.Series":
+    """Site codes as text: integer codes stored as floats (a column with gaps reads 1.0, 11.0) as "1", "11"."""
+    import pandas as pd
+
+    num = pd.to_numeric(col, errors="coerce")
+    if col.notna().all() and num.notna().all() and bool((num == num.round()).all()):
+        return num.astype(np.int64).astype(str)
+    return col.astype(str)
+
+
+def _natural(name: str) -> list:
+    """Sort key: "2" before "11", "site2" before "site11"."""
+    import re
+
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name) if p != ""]
 
 
 def _listing(values, limit: int = _SHOWN) -> str:
@@ -400,8 +422,9 @@ def _parse(cfg) -> _Parsed:
     site, site_names = None, ()
     if cfg.site_column in df.columns:
         if site_used:
-            site_names = tuple(sorted(df[cfg.site_column].astype(str).unique()))
-            site = df[cfg.site_column].astype(str).map({v: i for i, v in enumerate(site_names)}).to_numpy(np.int64)
+            codes = _site_codes(df[cfg.site_column])
+            site_names = tuple(sorted(codes.unique(), key=_natural))
+            site = codes.map({v: i for i, v in enumerate(site_names)}).to_numpy(np.int64)
             reports[cfg.site_column] = ColumnReport(
                 str(cfg.site_column), "site", f"{len(site_names)} hospitals: {_listing(site_names)} (partition natural)"
             )
@@ -482,6 +505,17 @@ def _parse(cfg) -> _Parsed:
                 f"data.path: column {name!r} of {path.name} holds {values[bad[0]]} in data row {row}; "
                 "a feature must be a finite number (leave the cell empty for a missing value)"
             )
+        obs = values[~np.isnan(values)]
+        with np.errstate(over="ignore", invalid="ignore"):
+            # standardisation squares the values: 1e200 is finite, its square is not, and the
+            # cell would fail only after training (inf std, NaN features); float32 is what trains
+            spread = float(np.std(obs)) if obs.size else 0.0
+            if not (math.isfinite(spread) and np.all(np.abs(obs) < np.finfo(np.float32).max)):
+                worst = float(obs[np.argmax(np.abs(obs))])
+                raise ConfigError(
+                    f"data.path: column {name!r} of {path.name} holds {worst:.4g}, too large to standardise (its spread overflows); "
+                    "rescale the column (e.g. to other units) or list it in data.drop_columns"
+                )
         blocks.append(values)
         columns.append(Column(str(name), "continuous"))
         detail = f"{note}range {_number(np.nanmin(values))} to {_number(np.nanmax(values))}"

@@ -64,12 +64,24 @@ def majority_baseline(y: np.ndarray) -> float:
     return float(np.unique(y, return_counts=True)[1].max() / y.size)
 
 
-def utility_metrics(model: torch.nn.Module, params: torch.Tensor, fed: Federation) -> dict[str, float]:
+#: a hospital with fewer test records than this gets its count, never an accuracy (FairnessConfig.min_count's default)
+SITE_MIN_COUNT = 10
+
+
+def utility_metrics(model: torch.nn.Module, params: torch.Tensor, fed: Federation, min_count: int = SITE_MIN_COUNT) -> dict[str, float]:
     """``utility/...`` metrics of ``params`` on the global and each hospital's test set.
 
     ``utility/majority_baseline`` is the test accuracy of always answering the test set's most
     frequent class: a test accuracy is a result only above it.
+
+    Per hospital: ``utility/site/<name>/count`` (its test records) always; its ``accuracy`` with a
+    95 % Clopper–Pearson interval (``accuracy_ci_low``/``_ci_high``) only from ``min_count`` test
+    records, else ``too_few = 1``: an accuracy of 0.0 or 1.0 from two patients is not a number.
+    ``utility/worst_site_accuracy`` (with the worst hospital's interval) and ``site_accuracy_gap``
+    consider only the hospitals that pass; ``utility/sites_below_min_count`` counts the others.
     """
+    from bench.metrics.membership import clopper_pearson
+
     load_flat(model, params)
     proba = predict_proba(model, fed.test.x)
     y = fed.test.y.numpy()
@@ -80,15 +92,28 @@ def utility_metrics(model: torch.nn.Module, params: torch.Tensor, fed: Federatio
         "utility/test_balanced_accuracy": glob["balanced_accuracy"],
         "utility/test_auroc": glob["auroc"],
     }
-    offset, accs = 0, []
+    offset, accs, below = 0, [], 0
     for site in fed.sites:
         n = len(site.test)
-        acc = float((proba[offset : offset + n].argmax(1) == y[offset : offset + n]).mean())
+        right = int((proba[offset : offset + n].argmax(1) == y[offset : offset + n]).sum())
         offset += n
-        out[f"utility/site/{site.name}/accuracy"] = acc
-        accs.append(acc)
-    out["utility/worst_site_accuracy"] = min(accs)
-    out["utility/site_accuracy_gap"] = max(accs) - min(accs)
+        out[f"utility/site/{site.name}/count"] = float(n)
+        if n < min_count:
+            out[f"utility/site/{site.name}/too_few"] = 1.0
+            below += 1
+            continue
+        low, high = clopper_pearson(right, n)
+        out[f"utility/site/{site.name}/accuracy"] = right / n
+        out[f"utility/site/{site.name}/accuracy_ci_low"] = low
+        out[f"utility/site/{site.name}/accuracy_ci_high"] = high
+        accs.append((right / n, low, high))
+    out["utility/sites_below_min_count"] = float(below)
+    if accs:
+        worst = min(accs)
+        out["utility/worst_site_accuracy"] = worst[0]
+        out["utility/worst_site_accuracy_ci_low"], out["utility/worst_site_accuracy_ci_high"] = worst[1], worst[2]
+    if len(accs) >= 2:
+        out["utility/site_accuracy_gap"] = max(accs)[0] - worst[0]
     return out
 
 

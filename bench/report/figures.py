@@ -625,13 +625,16 @@ def fig_sites(ctx: ReportContext) -> Figure | Skipped:
     fig, axs = plt.subplots(len(datasets), 1, figsize=(max(8, 1.5 * max(sum(s.dataset == d for s in settings) for d in datasets) + 3), 4.4 * len(datasets)), squeeze=False, layout="constrained")
     for ax, d in zip(axs[:, 0], datasets):
         group = [s for s in settings if s.dataset == d]
-        sites = sorted({m["site"] for s in group for c in s.cells for k in c.metrics if (m := SITE_METRIC.match(k))})
+        # site codes 2, 11 sort as numbers (natural order), not as text
+        sites = sorted({m["site"] for s in group for c in s.cells for k in c.metrics if (m := SITE_METRIC.match(k))},
+                       key=lambda x: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", x)])
         xs = np.arange(len(group))
         width = 0.8 / len(sites)
         cmap = plt.get_cmap("tab10")
         for j, site in enumerate(sites):
             sizes = [float(c.params[f"data.site_size.{site}"]) for s in group for c in s.cells if f"data.site_size.{site}" in c.params]
-            n = f", n≈{np.mean(sizes):.0f} train" if sizes else ""
+            tests = [c.metrics[f"utility/site/{site}/count"] for s in group for c in s.cells if f"utility/site/{site}/count" in c.metrics]
+            n = (f", n≈{np.mean(sizes):.0f} train" if sizes else "") + (f", {np.mean(tests):.0f} test" if tests else "")
             means, err = _err([s.estimate(f"utility/site/{site}/accuracy") for s in group])
             ax.bar(xs + (j - (len(sites) - 1) / 2) * width, means, width, yerr=err, capsize=2, color=cmap(j % 10), label=f"{site}{n}")
         for x, s in zip(xs, group):
@@ -651,7 +654,9 @@ def fig_sites(ctx: ReportContext) -> Figure | Skipped:
         "Each group of bars is a defense setting; each bar one hospital's test accuracy (legend: its number of "
         "training records). The black line marks the worst hospital and 'gap' is best minus worst. If a defense "
         "lowers the small hospitals' bars much more than the large ones', it shifts the cost of privacy onto the "
-        "hospitals with the fewest patients. " + ("Paired with no defense on the same seeds: " + "; ".join(notes) + "." if notes else "")
+        "hospitals with the fewest patients. Error bars: 95 % t interval over seeds, or with one seed the hospital's "
+        "Clopper–Pearson interval. A hospital with fewer test records than fairness.min_count has no bar (its count only) "
+        "and is not the worst hospital. " + ("Paired with no defense on the same seeds: " + "; ".join(notes) + "." if notes else "")
     ))
 
 
