@@ -72,6 +72,8 @@ _NOTES = {
     "weak": "!: dp_weak_guarantee=true (δ ≥ 1/n for a party, or client DP over few hospitals): see dp_weak_guarantee_reason",
     "attack_only": "attack-only: a gradient-inversion cell (one round on a few records); its accuracy is not a utility result",
     "maj": "maj: test accuracy of always answering the majority class",
+    "at_majority": "acc!: at or below the majority-class baseline: the model is no better than a constant guess",
+    "auc_fallback": "AUC: too few non-members for TPR at 1% FPR in that cell, so the strongest attack's AUC [95% CI] is shown",
     "violation": "VIOLATION: an audit certified more ε than the accountant claims (a bug in the accountant, mechanism or audit)",
     "suspect": "SUSPECT: an audit's ε estimate (uncertified) lies above the accountant's ε at its lower 95% end",
     "vacuous": "vacuous: no audit in the cell could catch even a 16× weaker mechanism, so 'no violation' says nothing",
@@ -162,6 +164,12 @@ def format_membership(m: Mapping[str, float], level: float = SUMMARY_FPR) -> tup
         return f"{tpr:.3f} [{low:.3f},{high:.3f}]", name
     short = [v for k, v in m.items() if k.startswith("attack/") and k.endswith(f"/tpr_at_fpr_{level:g}_unsupported")]
     if short:
+        # too few non-members for this FPR: the AUC (with its bootstrap interval) is what is supported
+        aucs = [(m.get(f"attack/{n}/auc_ci_low", m[f"attack/{n}/auc"]), n) for n in _attack_names(m, "auc")]
+        if aucs:
+            _, name = max(aucs)
+            a, lo, hi = m[f"attack/{name}/auc"], m.get(f"attack/{name}/auc_ci_low"), m.get(f"attack/{name}/auc_ci_high")
+            return (f"AUC {a:.3f}" + (f" [{lo:.2f},{hi:.2f}]" if lo is not None and hi is not None else "")), name
         return f"n/a: {int(min(short))} non-memb.", ""
     return "-", ""
 
@@ -220,7 +228,8 @@ def format_utility(m: Mapping[str, float]) -> str:
     if acc is None:
         return "-"
     base = m.get("utility/majority_baseline")
-    return f"{acc:.3f}" + ("" if base is None else f" (maj {base:.3f})")
+    flag = "!" if base is not None and acc <= base else ""  # no better than always answering the majority class
+    return f"{acc:.3f}{flag}" + ("" if base is None else f" (maj {base:.3f})")
 
 
 def summary_cells(row: SummaryRow) -> tuple[str, ...]:
@@ -271,7 +280,7 @@ def _summary_table(rows: Sequence[SummaryRow]) -> str:
         cells = summary_cells(row)
         lines.append(_line(cells))
         used |= {k for k, hit in (("mia", cells[2] != ""), ("weak", cells[0].endswith("!")), ("attack_only", cells[5] == "attack-only"),
-                                   ("maj", "maj" in cells[5]), ("violation", "VIOLATION" in cells[3]),
+                                   ("maj", "maj" in cells[5]), ("at_majority", "! (maj" in cells[5]), ("auc_fallback", cells[1].startswith("AUC")), ("violation", "VIOLATION" in cells[3]),
                                    ("suspect", "SUSPECT" in cells[3]), ("vacuous", "vacuous" in cells[3]),
                                    ("power", cells[3].endswith("×"))) if hit}
     lines += [_fit(_NOTES[k], SUMMARY_WIDTH) for k in _NOTES if k in used]
@@ -516,9 +525,11 @@ def _log_comparisons(tracker, suite_name: str) -> str:
         return f"paired comparisons: none ({exc})"
     if not comps:
         return "paired comparisons: none (no defense setting shares seeds and settings with a no-defense cell)"
-    detectable = sum(c.diff.verdict in ("lower", "higher") for c in comps)
+    found = [c for c in comps if c.diff.verdict in ("lower", "higher")]
+    names = "".join(f"\n  {c.setting}: {c.metric} {c.diff.verdict} ({c.diff.mean:+.3f} [{c.diff.low:+.3f}, {c.diff.high:+.3f}])"
+                    for c in found)
     return (f"paired comparisons vs. no defense (same seeds): {len(comps)} logged to MLflow (compare/...), "
-            f"{detectable} with a detectable difference")
+            f"{len(found)} with a detectable difference{':' if found else ''}{names}")
 
 
 @contextmanager

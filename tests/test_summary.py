@@ -53,13 +53,18 @@ def test_inversion_result_shows_and_attack_only_cells_are_labelled():
     assert format_reconstruction({"attack/ig/psnr": 23.64, "attack/ig/targets": 4.0, "attack/dlg/psnr": 9.0}) == "PSNR 23.6 dB"
     assert format_utility(INVERSION) == "attack-only"
     assert format_utility(UTILITY) == "0.939 (maj 0.627)"
+    assert format_utility({"utility/test_accuracy": 0.6, "utility/majority_baseline": 0.627}) == "0.600! (maj 0.627)"
     # a membership cell is not attack-only, even with an inversion attack in it
     assert format_utility({**INVERSION, **UTILITY, **mia("lira", 0.1, 0.05, 0.2)}) == "0.939 (maj 0.627)"
 
 
 def test_unsupported_low_fpr_says_why():
     m = {"attack/lira/auc": 0.6, "attack/lira/tpr_at_fpr_0.01_unsupported": 60.0}
-    assert format_membership(m) == ("n/a: 60 non-memb.", "")
+    assert format_membership(m) == ("AUC 0.600", "lira")  # the supported metric instead of n/a
+    m = {**m, "attack/lira/auc_ci_low": 0.51, "attack/lira/auc_ci_high": 0.69, "attack/rmia/auc": 0.65, "attack/rmia/auc_ci_low": 0.45,
+         "attack/rmia/auc_ci_high": 0.85}
+    assert format_membership(m) == ("AUC 0.600 [0.51,0.69]", "lira")  # by the lower interval end, not the point
+    assert format_membership({"attack/x/tpr_at_fpr_0.01_unsupported": 60.0}) == ("n/a: 60 non-memb.", "")
     assert format_membership(UTILITY) == ("-", "")
 
 
