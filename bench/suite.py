@@ -36,7 +36,28 @@ from bench.types import ConfigError
 
 SUITE_KEYS = ("suite", "description", "base", "grid", "variants", "seeds")
 SEED_KEYS = ("seed", "seeds")  # --set keys that replace the suite's seeds
-_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")  # no leading '.' ('.', '..', hidden names are path-like)
+NAME_MAX = 100  # characters of a suite name: an MLflow experiment and a folder name under results/
+KEY_MAX = 200  # characters of a dotted key in a grid or a variant
+DEFAULT_MAX_CELLS = 10_000
+MAX_CELLS_ENV = "PRIVBENCH_MAX_CELLS"  # raises (or lowers) the limit on a suite's cells
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def max_cells() -> int:
+    """The most cells a suite may expand to: ``$PRIVBENCH_MAX_CELLS`` or :data:`DEFAULT_MAX_CELLS`."""
+    import os
+
+    text = os.environ.get(MAX_CELLS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_CELLS
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"{MAX_CELLS_ENV}: got {text[:40]!r}; expected a positive whole number of cells, e.g. {MAX_CELLS_ENV}=50000")
+    return value
 
 
 @dataclass(frozen=True)
@@ -84,9 +105,34 @@ def _check_top(raw: Any, path: str) -> dict:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"{key}: unknown top-level key{hint}; allowed: {', '.join(SUITE_KEYS)}")
     name = raw.get("suite")
+    if isinstance(name, str) and len(name) > NAME_MAX:
+        raise ConfigError(f"suite: got a name of {len(name)} characters ({name[:30]!r}...); expected at most {NAME_MAX}, e.g. suite: quick")
     if not isinstance(name, str) or not _NAME.match(name):
-        raise ConfigError(f"suite: got {name!r}; expected a name of letters, digits, '_', '-', '.' (e.g. suite: quick)")
+        raise ConfigError(f"suite: got {show(name)}; expected a name of letters, digits, '_', '-', '.' not starting with '.' "
+                          "(no spaces, slashes or control characters; e.g. suite: quick)")
     return raw
+
+
+def _check_keys(pairs: Sequence[tuple[str, Any]], where: str) -> None:
+    """Dotted keys of one grid or variant: bounded, printable, and each setting written once
+    (``data.name`` beside ``data: {name: ...}`` or `` data.name`` is one key spelled twice)."""
+    seen: dict[str, str] = {}
+    for key, value in pairs:
+        if len(key) > KEY_MAX or _CONTROL.search(key):
+            raise ConfigError(f"{where}: key {show(key)} is {'too long' if len(key) > KEY_MAX else 'not printable'}; "
+                              f"write a dotted key such as train.lr (at most {KEY_MAX} characters, no control characters)")
+        if isinstance(value, str) and _CONTROL.search(value):
+            raise ConfigError(f"{where}.{key}: got {show(value)}, which holds a control character; write the value without it")
+        norm = ".".join(part.strip() for part in key.split("."))
+        leaves = [norm]
+        if isinstance(value, dict):  # data: {name: x} sets data.name
+            leaves = [f"{norm}.{str(k).strip()}" for k in value] or [norm]
+        for leaf in leaves:
+            for other, spelled in seen.items():
+                if leaf == other or leaf.startswith(other + ".") or other.startswith(leaf + "."):
+                    raise ConfigError(f"{where}: {spelled!r} and {key!r} both set {min(leaf, other, key=len)}; "
+                                      "keep one spelling of each key")
+            seen[leaf] = key
 
 
 def _seeds(raw: Any, where: str = "seeds") -> tuple[int, ...]:
@@ -134,8 +180,9 @@ def _refuse_seed_axes(axes: Sequence[tuple[str, Any]], where: str) -> None:
 
 
 def _grid(raw: Any) -> list[list[tuple[str, Any]]]:
+    """The grid's axes: one list of ``(key, value)`` per key (not yet their product)."""
     if raw is None:
-        return [[]]
+        return []
     if not isinstance(raw, dict):
         raise ConfigError(f"grid: got {raw!r}; expected a mapping of dotted keys to lists of values")
     axes = []
@@ -143,6 +190,14 @@ def _grid(raw: Any) -> list[list[tuple[str, Any]]]:
         if not isinstance(values, list) or not values:
             raise ConfigError(f"grid.{key}: got {values!r}; expected a non-empty list of values")
         axes.append([(str(key), v) for v in values])
+    _check_keys([axis[0] for axis in axes], "grid")
+    for axis in axes:
+        for key, value in axis[1:]:
+            _check_keys([(key, value)], "grid")
+    return axes
+
+
+def _combos(axes: list) -> list[list[tuple[str, Any]]]:
     return [list(combo) for combo in itertools.product(*axes)] if axes else [[]]
 
 
@@ -155,8 +210,18 @@ def _variants(raw: Any) -> list[list[tuple[str, Any]]]:
     for i, v in enumerate(raw):
         if not isinstance(v, dict):
             raise ConfigError(f"variants[{i}]: got {v!r}; expected a mapping of dotted keys to values")
-        out.append([(str(k), val) for k, val in v.items()])
+        pairs = [(str(k), val) for k, val in v.items()]
+        _check_keys(pairs, f"variants[{i}]")
+        out.append(pairs)
     return out
+
+
+def cell_count(raw: dict, seeds: Sequence[int], axes: Sequence[Sequence[Any]], variants: Sequence[Any]) -> int:
+    """Cells a suite expands to (variants × grid × seeds), counted without expanding it."""
+    n = len(variants) * len(seeds)
+    for axis in axes:
+        n *= len(axis)
+    return n
 
 
 # keys tried first when two cells would share a run name; then every other varying key
@@ -226,10 +291,18 @@ def build_suite(raw: Any, overrides: Sequence[str] = (), source: str = "suite") 
     parsed = [parse_override(o) for o in overrides]
     sets = [(k, v) for k, v in parsed if k not in SEED_KEYS]
     seeds = _suite_seeds(raw, base, [(k, v) for k, v in parsed if k in SEED_KEYS])
-    variants, grid = _variants(raw.get("variants")), _grid(raw.get("grid"))
+    variants, axes = _variants(raw.get("variants")), _grid(raw.get("grid"))
     for i, variant in enumerate(variants):
         _refuse_seed_axes(variant, f"variants[{i}]")
-    _refuse_seed_axes(grid[0], "grid")
+    _refuse_seed_axes([axis[0] for axis in axes], "grid")
+    limit = max_cells()
+    count = cell_count(raw, seeds, axes, variants)
+    if count > limit:  # refused before a single cell is built: a 10^6-cell grid would hang here
+        shape = " × ".join([f"{len(variants)} variants"] * (len(variants) > 1) + [f"{len(a)} {a[0][0]}" for a in axes]
+                           + [f"{len(seeds)} seeds"])
+        raise ConfigError(f"{source}: {count:,} cells ({shape}) is more than the limit of {limit:,}; shrink the grid or seeds, "
+                          f"or raise the limit with {MAX_CELLS_ENV}={count}")
+    grid = _combos(axes)
     configs: list[ExperimentConfig] = []
     for variant in variants:
         for combo in grid:

@@ -357,7 +357,45 @@ add("yaml-not-a-mapping", "- 1\n- 2\n", "mapping")
 add("yaml-duplicate-key", "suite: a\nsuite: b\nbase: {}\n", "twice")
 add("yaml-missing-file", None, "not found")
 
-SUBPROCESS = ("csv-ragged-more-run", "heart-env-incomplete-with-cache-validate", "nan-train.lr", "set-seed=-1")
+# --------------------------------------------------------------------------- issue 22: sizes, names, values
+
+_BIG_GRID = {f"train.{k}": list(range(1, 11)) if k != "lr" else [0.01 * (i + 1) for i in range(10)]
+             for k in ("rounds", "local_epochs", "batch_size", "lr")}
+_BIG_GRID["data.num_sites"] = list(range(2, 12))
+_BIG_GRID["data.members_per_site"] = list(range(1, 11))  # 10^6 cells
+for cmd in ("validate", "run"):
+    add(f"grid-a-million-cells-{cmd}", edit(("grid", _BIG_GRID)), "1,000,000 cells", "PRIVBENCH_MAX_CELLS", command=cmd)
+    add(f"seeds-too-many-{cmd}", edit(("seeds", list(range(20_000)))), "20,000 cells", "PRIVBENCH_MAX_CELLS=20000", command=cmd)
+    add(f"suite-name-300-chars-{cmd}", edit(("suite", "s" * 300)), "suite", "300 characters", "at most 100", command=cmd)
+    add(f"yaml-deep-{cmd}", "suite: deep\nbase: " + "[" * 3000 + "]" * 3000 + "\n", "nested deeper", command=cmd)
+add("yaml-depth-40", "suite: deep\nbase:\n  data: " + "{a: " * 40 + "1" + "}" * 40 + "\n", "nested deeper", "flatten")
+add("yaml-too-large", edit(("description", "x" * 5000)), "bytes is more than", "PRIVBENCH_MAX_YAML_BYTES=",
+    env=(("PRIVBENCH_MAX_YAML_BYTES", "2000"),))
+add("max-cells-env-not-a-number", GOOD, "PRIVBENCH_MAX_CELLS", "positive whole number", env=(("PRIVBENCH_MAX_CELLS", "lots"),))
+add("grid-over-a-lowered-limit", edit(("grid", {"train.lr": [0.1, 0.2, 0.3]})), "3 cells", env=(("PRIVBENCH_MAX_CELLS", "2"),))
+for text, i in (("../../etc/passwd", 0), ("a/b", 1), (".hidden", 2), ("..", 3), ("bell\x07name", 4), ("tab\tname", 5),
+                ("new\nline", 6), ("C:\\suites\\x", 7)):
+    add(f"suite-name-path-or-control-{i}", edit(("suite", text)), "suite", "not starting with '.'")
+add("run-suite-name-path", edit(("suite", "../escape")), "suite", command="run")
+add("variant-two-spellings", edit(("variants", [{"data.name": "digits", "data": {"name": "breast_cancer"}}])),
+    "variants[0]", "both set data.name", "one spelling")
+add("variant-spaced-spelling", edit(("variants", [{"train.lr": 0.1, "train. lr": 0.2}])), "variants[0]", "both set train.lr")
+add("grid-two-spellings", edit(("grid", {"train.lr": [0.1], "train": [{"lr": 0.2}]})), "grid", "both set train.lr")
+add("variant-key-control", edit(("variants", [{"train.lr\x00": 0.1}])), "variants[0]", "not printable")
+add("variant-key-too-long", edit(("variants", [{"train." + "x" * 300: 0.1}])), "variants[0]", "too long")
+add("variant-value-control", edit(("variants", [{"data.name": "breast\x1bcancer"}])), "variants[0].data.name", "control character")
+add("run-variant-two-spellings", edit(("variants", [{"train.lr": 0.1, "train": {"lr": 0.2}}])), "both set train.lr", command="run")
+CSV_FILES["dup_header"] = _csv_text([(h, a, a, b, o) for h, a, b, o in _ROWS], header=("hospital", "age", "age", "bp", "outcome"))
+CSV_FILES["dup_header_spaced"] = _csv_text([(h, a, a, o) for h, a, b, o in _ROWS], header=("hospital", "age", " age", "outcome"))
+CSV_FILES["overflow_std"] = _csv_text(line=lambda i, t: t.replace(t.split(",")[2], "1e200") if i == 5 else t)
+CSV_FILES["beyond_float32"] = _csv_text(line=lambda i, t: t.replace(t.split(",")[2], "5e39") if i == 8 else t)
+both("csv-duplicate-header", _csv("dup_header"), "'age' 2 times", "one name")
+both("csv-duplicate-header-spaced", _csv("dup_header_spaced"), "'age' 2 times")
+both("csv-overflows-after-standardisation", _csv("overflow_std"), "'bp'", "1e+200", "too large to standardise")
+both("csv-beyond-float32", _csv("beyond_float32"), "'bp'", "too large to standardise")
+
+SUBPROCESS = ("csv-ragged-more-run", "heart-env-incomplete-with-cache-validate", "nan-train.lr", "set-seed=-1",
+              "yaml-deep-run", "grid-a-million-cells-run", "suite-name-300-chars-run")
 
 
 # --------------------------------------------------------------------------- running them
