@@ -314,7 +314,8 @@ def write_decision(table: DecisionTable, out: Path) -> list[str]:
 
 
 _WORD_CLASS = {"costs": "bad", "above chance": "bad", "beats": "bad", "violation": "bad", "suspect": "warn", "vacuous": "warn",
-               "weak guarantee": "warn", "does not hold": "bad", "no guarantee": "warn", "not enough seeds": "warn"}
+               "weak guarantee": "warn", "does not hold": "bad", "no guarantee": "warn", "not enough seeds": "warn",
+               "no interval": "warn", "no comparison": "warn"}
 
 
 def _cls(word: str) -> str:
@@ -342,7 +343,7 @@ DECISION_CSS = """<style>
 table.decision{border-collapse:collapse;font-size:.72em;width:100%;table-layout:auto}
 table.decision td,table.decision th{border:1px solid #ccc;padding:.2em .35em;vertical-align:top}
 table.decision th{background:#eef2f7;text-align:left}
-table.decision td:first-child{font-weight:600;max-width:16em}
+table.decision td:first-child{font-weight:600;max-width:16em;overflow-wrap:anywhere}
 .v{font-size:.9em;font-weight:600}.v.bad{color:#b00020}.v.warn{color:#8a4b00}.v.ok{color:#1b5e20}
 </style>"""
 
