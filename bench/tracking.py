@@ -149,6 +149,32 @@ def check_tracking_uri(uri: str, create: bool = True) -> None:
     _check_sqlite_file(db, where, create)
 
 
+MIN_FREE_BYTES = 64 * 1024 * 1024  # below this, a suite's params, metrics and artifacts may not fit: refused up front
+MIN_FREE_ENV = "PRIVBENCH_MIN_FREE_MB"
+
+
+def _check_room(folder: Path, where: str) -> None:
+    """Refuse a store whose disk is (nearly) full, and an artifact folder that cannot be
+    written, before any run is created: a run begun there would stay RUNNING when its first
+    write fails."""
+    text = os.environ.get(MIN_FREE_ENV, "").strip()
+    need = int(text) * 1024 * 1024 if text.isdigit() else MIN_FREE_BYTES
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if free is not None and free < need:
+        raise ConfigError(f"{where}: the disk of {folder} has {free / 2**20:.0f} MB free, less than the {need / 2**20:.0f} MB a suite needs; "
+                          f"free some space (or lower {MIN_FREE_ENV}) and run again")
+    artifacts = folder / "artifacts"
+    try:
+        artifacts.mkdir(exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=artifacts, prefix=".privbench-probe-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot write artifacts to {artifacts} ({exc.strerror or exc}); make it writable (or free space) and run again") from None
+
+
 def _check_sqlite_file(db: Path, where: str, create: bool) -> None:
     if db.is_dir():
         raise ConfigError(f"{where}: {db} is a directory; name a file in it, e.g. sqlite:///{db / 'mlflow.db'}")
@@ -165,6 +191,7 @@ def _check_sqlite_file(db: Path, where: str, create: bool) -> None:
                 pass
         except OSError as exc:
             raise ConfigError(f"{where}: cannot create the store in {folder} ({exc.strerror or exc}); pick a writable directory") from None
+        _check_room(folder, where)
         return
     try:
         with open(db, "rb") as fh:
@@ -191,6 +218,7 @@ def _check_sqlite_file(db: Path, where: str, create: bool) -> None:
         raise ConfigError(f"{where}: the store {db} is read-only ({text}); make it and its directory writable, or use another file") from None
     except sqlite3.DatabaseError as exc:
         raise ConfigError(f"{where}: {db} is not a usable SQLite database ({exc}); point at an MLflow store or at a new file name") from None
+    _check_room(db.parent, where)
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
