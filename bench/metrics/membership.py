@@ -24,6 +24,7 @@ Clopper–Pearson intervals, advantage, and a heuristic ε from a ROC.
 from __future__ import annotations
 
 import math
+from typing import Iterator, Optional
 
 import numpy as np
 from scipy import stats
@@ -76,6 +77,25 @@ def bootstrap_counts(n: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = B
     return np.bincount(flat, minlength=resamples * n).reshape(resamples, n)
 
 
+BOOTSTRAP_CHUNK_CELLS = 4_000_000  # resamples x items held at once (~32 MB an array): memory stays flat in n
+
+
+def bootstrap_count_chunks(n: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                           step: Optional[int] = None) -> Iterator[np.ndarray]:
+    """:func:`bootstrap_counts`' rows, a block of resamples at a time (the same numbers: one
+    generator draws the blocks in order), so that 700,000 records x 1,000 resamples never sit
+    in memory at once."""
+    if n <= 0:
+        raise ValueError(f"bootstrap_counts: need n > 0; got {n}")
+    rng = np.random.default_rng(seed)
+    step = step or max(1, min(resamples, BOOTSTRAP_CHUNK_CELLS // n))
+    for start in range(0, resamples, step):
+        r = min(step, resamples - start)
+        draws = rng.integers(0, n, size=(r, n))
+        flat = (draws + n * np.arange(r)[:, None]).ravel()
+        yield np.bincount(flat, minlength=r * n).reshape(r, n)
+
+
 def percentile_interval(values: np.ndarray, alpha: float = CONFIDENCE_ALPHA) -> tuple[float, float]:
     """The ``alpha/2`` and ``1 − alpha/2`` percentiles of bootstrap replicates."""
     lo, hi = np.quantile(np.asarray(values, np.float64), [alpha / 2, 1 - alpha / 2])
@@ -103,8 +123,11 @@ def bootstrap_mean_ci(
     w = np.ones_like(v) if weights is None else np.asarray(weights, np.float64)
     if v.ndim != 1 or v.shape != w.shape or len(v) == 0:
         raise ValueError(f"bootstrap_mean_ci: need equal-length 1-d values and weights; got {v.shape} and {w.shape}")
-    cw = bootstrap_counts(len(v), resamples, seed) * w[None, :]
-    return percentile_interval((cw @ v) / cw.sum(axis=1), alpha)
+    means = []
+    for counts in bootstrap_count_chunks(len(v), resamples, seed):
+        cw = counts * w[None, :]
+        means.append((cw @ v) / cw.sum(axis=1))
+    return percentile_interval(np.concatenate(means), alpha)
 
 
 # --------------------------------------------------------------------------- ROC
@@ -196,13 +219,16 @@ def bootstrap_auc_ci(
         raise ValueError("bootstrap_auc_ci needs both members and non-members")
     order = np.argsort(neg, kind="mergesort")
     neg_sorted = neg[order]
-    c_pos = bootstrap_counts(len(pos), resamples, seed)
-    c_neg = bootstrap_counts(len(neg), resamples, seed + 1)[:, order]
-    cum = np.concatenate([np.zeros((resamples, 1)), np.cumsum(c_neg, axis=1)], axis=1)
-    below = cum[:, np.searchsorted(neg_sorted, pos, "left")]
-    upto = cum[:, np.searchsorted(neg_sorted, pos, "right")]
-    auc = (c_pos * (below + 0.5 * (upto - below))).sum(axis=1) / (len(pos) * len(neg))
-    return percentile_interval(auc, alpha)
+    left, right = np.searchsorted(neg_sorted, pos, "left"), np.searchsorted(neg_sorted, pos, "right")
+    # blocks of resamples (the same draws as all at once): memory O(block x records), not O(resamples x records)
+    step = max(1, min(resamples, BOOTSTRAP_CHUNK_CELLS // 2 // max(len(pos), len(neg))))
+    aucs = []
+    for c_pos, c_neg in zip(bootstrap_count_chunks(len(pos), resamples, seed, step),
+                            bootstrap_count_chunks(len(neg), resamples, seed + 1, step)):
+        cum = np.concatenate([np.zeros((len(c_neg), 1)), np.cumsum(c_neg[:, order], axis=1)], axis=1)
+        below, upto = cum[:, left], cum[:, right]
+        aucs.append((c_pos * (below + 0.5 * (upto - below))).sum(axis=1) / (len(pos) * len(neg)))
+    return percentile_interval(np.concatenate(aucs), alpha)
 
 
 def supported_fpr_levels(n_nonmembers: int, levels: tuple[float, ...] = FPR_LEVELS) -> tuple[float, ...]:
