@@ -46,7 +46,8 @@ GOOD = {
 }
 
 # an attack that needs each hospital's update, and a defense that shows the server only the sum
-NEEDS_UPDATES = next(n for n, c in ATTACKS.items() if c.needs_individual_updates)
+NEEDS_UPDATES = "update_cosine"  # needs individual updates and runs with its defaults (attribute attacks need `attributes`)
+assert ATTACKS.get(NEEDS_UPDATES).needs_individual_updates
 HIDES_UPDATES = next(n for n, c in DEFENSES.items() if c.hides_updates)
 
 

@@ -60,7 +60,16 @@ class AttributeInference(Attack):
 
     @dataclass(frozen=True)
     class Params:
-        attributes: tuple[Target, ...] = (Target("sex"),)
+        """Attributes:
+            attributes: the sensitive attributes, each ``{name: sex}`` or ``{name: age, bands: [55]}``.
+            label_known: the adversary knows each target's label (Fredrikson et al.'s setting).
+            prior: ``marginal`` (the paper's) or ``imputation`` (the imputation model's p(v | x)).
+            dont_know: SACRO-ML's rule: answer only where one value gives the unique highest confidence.
+            confidence_threshold: with ``dont_know``, also abstain below this model confidence.
+            folds: cross-fitting folds of the auxiliary data.
+        """
+
+        attributes: tuple[Target, ...] = ()
         label_known: bool = True
         prior: Literal["marginal", "imputation"] = "marginal"
         dont_know: bool = False
@@ -70,12 +79,12 @@ class AttributeInference(Attack):
     @classmethod
     def check(cls, params, cfg) -> None:
         if not params.attributes:
-            raise ConfigError("attacks.attribute_inference.attributes: empty; name at least one feature, e.g. [{name: sex}, {name: age, bands: [55]}]")
+            raise ConfigError(f"attacks.{cls.name}.attributes: empty; name at least one feature, e.g. [{{name: sex}}, {{name: age, bands: [55]}}]")
         names = [t.name for t in params.attributes]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ConfigError(f"attacks.attribute_inference.attributes: {dupes[0]!r} listed twice; list each attribute once")
-        if params.confidence_threshold is not None and not params.dont_know:
+            raise ConfigError(f"attacks.{cls.name}.attributes: {dupes[0]!r} listed twice; list each attribute once")
+        if getattr(params, "confidence_threshold", None) is not None and not params.dont_know:
             raise ConfigError("attacks.attribute_inference.confidence_threshold: set only with dont_know: true (it is the rule's threshold)")
 
     @classmethod

@@ -42,12 +42,17 @@ class ServerAttributeInference(Attack):
 
     @dataclass(frozen=True)
     class Params:
-        attributes: tuple[Target, ...] = (Target("sex"),)
+        """Attributes:
+            attributes: the sensitive attributes, each ``{name: sex}`` or ``{name: age, bands: [55]}``.
+            folds: cross-fitting folds of the auxiliary data (the imputation baseline).
+        """
+
+        attributes: tuple[Target, ...] = ()
         folds: int = field(default=5, metadata={"ge": 2, "le": 50})
 
     @classmethod
     def check(cls, params, cfg) -> None:
-        AttributeInference.check(AttributeInference.Params(attributes=params.attributes), cfg)
+        AttributeInference.check.__func__(cls, params, cfg)  # the same refusals, named after this attack
 
     @classmethod
     def label(cls, params) -> str:
