@@ -19,7 +19,9 @@ Every ε is stated with its δ and its neighbouring relation:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Optional
 
@@ -257,3 +259,248 @@ def against_metrics(defenses, full: PrivacyReport, accountant: str = "rdp", neig
     if "privacy/against/malicious_server/client/epsilon" in metrics:
         metrics["privacy/epsilon_after_claimed_dropouts"] = metrics["privacy/against/malicious_server/client/epsilon"]
     return metrics, tags
+
+
+# --------------------------------------------------------------------------- σ for a target ε
+
+#: Opacus's ``get_noise_multiplier`` gives up once its doubling search passes this σ
+MAX_SIGMA = 1e6
+#: Opacus's ``get_noise_multiplier`` stops once ε is within this of the target (from below)
+EPSILON_TOLERANCE = 0.01
+#: relative width of the brackets seeded around the σ's that reach the levels the search compares with
+SEED_WIDTH = 1e-4
+
+
+@functools.lru_cache(maxsize=65536)
+def _rdp_per_step(q: float, sigma: float, order: float) -> float:
+    """Opacus's RDP of one Poisson-Gaussian step at one order (cached: orders are evaluated lazily)."""
+    from opacus.accountants.analysis import rdp as analysis
+
+    return float(analysis.compute_rdp(q=q, noise_multiplier=sigma, steps=1, orders=[order])[0])
+
+
+class _RdpCurve:
+    """ε(σ) of ``steps`` Poisson-Gaussian steps at rate ``q`` and ``delta``: Opacus's RDP accountant.
+
+    Opacus's ``RDPAccountant.get_epsilon`` evaluates the RDP at all 150 of its orders and takes
+    the smallest ε their conversions give. The conversion is unimodal along the orders, so this
+    walks from the previous call's best order to the local minimum instead, evaluating 3–5
+    orders per σ (each with Opacus's ``compute_rdp`` and ``get_privacy_spent``): the same number
+    as Opacus's (``tests/test_calibration.py`` compares them over σ, q, steps and δ).
+    """
+
+    def __init__(self, q: float, steps: int, delta: float) -> None:
+        from opacus.accountants.rdp import RDPAccountant
+
+        self.q, self.steps, self.delta = float(q), int(steps), float(delta)
+        self.orders = tuple(RDPAccountant.DEFAULT_ALPHAS)
+        self.best: dict[float, int] = {}  # σ -> the index of its best order
+
+    def _term(self, sigma: float, i: int) -> float:
+        import numpy as np
+        from opacus.accountants.analysis import rdp as analysis
+
+        order = self.orders[i]
+        # the same float operations as RDPAccountant: (per-step RDP array) * steps, then the conversion
+        rdp = np.array([_rdp_per_step(self.q, sigma, order)]) * self.steps
+        if np.isnan(rdp).all():
+            return math.inf
+        with warnings.catch_warnings():  # "optimal order is the smallest alpha": true of a one-order list
+            warnings.simplefilter("ignore")
+            eps, _ = analysis.get_privacy_spent(orders=[order], rdp=rdp, delta=self.delta)
+        eps = float(eps)
+        return math.inf if math.isnan(eps) else eps
+
+    def __call__(self, sigma: float) -> float:
+        if self.q == 0:
+            return 0.0
+        if sigma == 0:
+            return math.inf
+        vals: dict[int, float] = {}
+
+        def v(j: int) -> float:
+            if j not in vals:
+                vals[j] = self._term(sigma, j)
+            return vals[j]
+
+        last = len(self.orders) - 1
+
+        def rising(j: int) -> bool:  # false left of the minimum, true from it on (ties: the first minimum)
+            return j >= last or v(j + 1) >= v(j)
+
+        # the first rising order: galloping from the minimum at the nearest σ evaluated, then
+        # bisection; far from any (a factor 1.25), bisection over all orders
+        near = min(self.best, key=lambda s: abs(math.log(s / sigma)), default=None)
+        if near is None or abs(math.log(near / sigma)) > math.log(1.25):
+            lo, hi = -1, last
+        else:
+            i = self.best[near]
+            lo, hi = i - 1, i
+        if hi - lo > 1:
+            pass  # bisection below
+        elif rising(i):
+            lo, hi, step = i - 1, i, 1  # rising(hi); find lo with not rising(lo) (or -1)
+            while lo >= 0 and rising(lo):
+                hi, lo, step = lo, max(lo - step, -1), step * 2
+        else:
+            lo, hi, step = i, i + 1, 1
+            while not rising(hi):
+                lo, hi, step = hi, min(hi + step, last), step * 2
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if rising(mid):
+                hi = mid
+            else:
+                lo = mid
+        self.best[sigma] = hi
+        return v(hi)
+
+
+def _prv_curve_class():
+    from opacus.accountants import PRVAccountant
+    from opacus.accountants.analysis.prv import Domain
+
+    class _PrvCurve(PRVAccountant):
+        """ε(σ) from Opacus's PRV accountant, with the domain's RDP ε found as in :class:`_RdpCurve`.
+
+        ``PRVAccountant`` sizes its discretisation domain with two full RDP evaluations
+        (``compute_safe_domain_size``: 80 % of its time at small σ); this computes the same two
+        ε by the order walk and keeps everything else (mesh, truncation, discretisation,
+        composition, the upper bound on ε) Opacus's own.
+        """
+
+        def __init__(self, q: float, steps: int, delta: float) -> None:
+            super().__init__()
+            self.q, self.steps, self.delta = float(q), int(steps), float(delta)
+            delta_error = self.delta / 1000  # PRVAccountant.get_epsilon's default
+            self._composed = _RdpCurve(q, steps, delta_error / 4)
+            self._single = _RdpCurve(q, 1, delta_error / (8 * steps))
+
+        def _get_domain(self, prvs, num_self_compositions, eps_error, delta_error):
+            import numpy as np
+
+            sigma = prvs[0].noise_multiplier
+            # compute_safe_domain_size (Opacus, remark 5.6 of Gopi et al.) with one mechanism
+            L = max(max(self._composed(sigma), self._single(sigma)), eps_error) + 3
+            mesh_size = eps_error / np.sqrt(sum(num_self_compositions) * np.log(12 / delta_error) / 2)
+            return Domain.create_aligned(-L, L, mesh_size)
+
+        def __call__(self, sigma: float) -> float:
+            if self.q == 0:
+                return 0.0
+            if sigma == 0:
+                return math.inf
+            self.history = [(sigma, self.q, self.steps)]
+            eps = float(self.get_epsilon(delta=self.delta))
+            return math.inf if math.isnan(eps) else eps
+
+    return _PrvCurve
+
+
+def epsilon_curve(q: float, steps: int, delta: float, accountant: str = "rdp"):
+    """σ -> ε of ``steps`` Poisson-Gaussian steps at rate ``q``, at ``delta`` (Opacus's accountant).
+
+    Equal to ``make_accountant(accountant)`` with ``history = [(σ, q, steps)]`` (its
+    ``get_epsilon(delta)``), and monotone (non-increasing) in σ; faster (fewer RDP orders).
+    """
+    if accountant == "rdp":
+        return _RdpCurve(q, steps, delta)
+    if accountant == "prv":
+        return _prv_curve_class()(q, steps, delta)
+    raise ValueError(f"privacy.accountant: got {accountant!r}; allowed: rdp, prv")
+
+
+class _Monotone:
+    """Values of a non-increasing σ -> ε, and what they imply about predicates monotone in σ."""
+
+    def __init__(self, curve) -> None:
+        self.curve = curve
+        self.known: dict[float, float] = {}
+
+    def __call__(self, sigma: float) -> float:
+        if sigma not in self.known:
+            self.known[sigma] = self.curve(sigma)
+        return self.known[sigma]
+
+    def holds(self, sigma: float, pred) -> bool:
+        """``pred(ε(σ))`` for a predicate false at small σ and true at large σ (ε non-increasing):
+        decided from an evaluated σ' ≤ σ where it holds or σ' ≥ σ where it fails, else evaluated."""
+        for s, e in self.known.items():
+            if s <= sigma and pred(e):
+                return True
+            if s >= sigma and not pred(e):
+                return False
+        return pred(self(sigma))
+
+    def approach(self, level: float, rel: float = SEED_WIDTH, max_evals: int = 8) -> None:
+        """Evaluate points that bracket ε(σ) = ``level`` within a relative width ``rel`` (secant
+        steps on log ε against log σ, then one step across): only seeds :meth:`holds`."""
+        for _ in range(max_evals):
+            pts = [(s, e) for s, e in self.known.items() if 0 < e < math.inf and s > 0]
+            below = [s for s, e in self.known.items() if e < level]
+            above = [s for s, e in self.known.items() if e >= level]
+            a, b = (max(above) if above else None), (min(below) if below else None)
+            if a is not None and b is not None and b <= a * (1 + rel):
+                return
+            if not pts:
+                g = 20.0
+            else:
+                pts.sort(key=lambda p: abs(math.log(p[1] / level)))
+                (s1, e1) = pts[0]
+                slope = -1.0  # ε ~ 1/σ away from the extremes
+                if len(pts) > 1:
+                    (s2, e2) = pts[1]
+                    if s2 != s1 and e2 != e1:
+                        slope = math.log(e1 / e2) / math.log(s1 / s2)
+                    if not slope < 0:
+                        slope = -1.0
+                step = math.log(level / e1) / slope  # log σ from s1 to the estimated root
+                # aim a little past the estimated root, so that the next point lands across it
+                step += math.copysign(max(rel / 4, abs(step) / 16), step if step != 0 else (1.0 if e1 >= level else -1.0))
+                g = s1 * math.exp(max(min(step, 3.0), -3.0))
+            if a is not None and b is not None and not a < g < b:
+                g = math.sqrt(a * b)
+            if g > 2 * MAX_SIGMA or g in self.known:
+                return
+            self(g)
+
+
+@functools.lru_cache(maxsize=4096)
+def noise_multiplier_for(
+    target_epsilon: float, delta: float, q: float, steps: int, accountant: str = "rdp", tolerance: float = EPSILON_TOLERANCE
+) -> float:
+    """σ that reaches ``target_epsilon`` at ``delta`` after ``steps`` Poisson-Gaussian steps at rate ``q``.
+
+    The σ Opacus's ``get_noise_multiplier`` returns, found with fewer and cheaper ε
+    evaluations: its search (σ doubled from 20 until ε ≤ target, then bisected on [0, σ] until
+    ε is within ``tolerance`` below the target) is replayed step for step, but each comparison
+    it makes is decided from σ's already evaluated wherever ε's monotonicity in σ decides it.
+    Those are seeded by secant steps on log ε against log σ that bracket the two levels the
+    search compares with (the target, and the target less ``tolerance``), so a comparison is
+    evaluated only when its σ falls within such a bracket (:data:`SEED_WIDTH`). Each ε is
+    :func:`epsilon_curve` (Opacus's accountant). Cached per (target, δ, q, steps, accountant).
+
+    Raises:
+        ValueError: no σ up to :data:`MAX_SIGMA` reaches the target (Opacus's "The privacy
+            budget is too low.").
+    """
+    f = _Monotone(epsilon_curve(q, steps, delta, accountant))
+    sigma_low, sigma_high = 0, 10
+    while True:
+        sigma_high = 2 * sigma_high
+        reached = f.holds(sigma_high, lambda e: e <= target_epsilon)
+        if sigma_high > MAX_SIGMA:
+            raise ValueError("The privacy budget is too low.")
+        if reached:
+            break
+    # seed both levels the bisection compares with: the target, and the target less the tolerance
+    for level in (target_epsilon, target_epsilon - tolerance):
+        if level > 0:
+            f.approach(level)
+    while f.holds(sigma_high, lambda e: target_epsilon - e > tolerance):
+        sigma = (sigma_low + sigma_high) / 2
+        if f.holds(sigma, lambda e: e < target_epsilon):
+            sigma_high = sigma
+        else:
+            sigma_low = sigma
+    return float(sigma_high)
