@@ -177,6 +177,12 @@ def test_vectorised_dp_sgd_without_noise_or_clipping_is_plain_poisson_sgd():
     assert torch.allclose(got, want, atol=1e-5)
 
 
+def _own_cell(cls) -> bool:
+    """Attacks that need a cell of their own (a malicious server changes the protocol for
+    everyone in the cell): tests/test_malicious_server.py runs them."""
+    return getattr(cls, "server_plan", None) is not None
+
+
 def test_every_registered_attack_runs_in_a_cell_and_is_documented():
     """Contract for the membership, source and audit families: each attack names its threat
     model and paper, and runs end to end (reconstruction attacks have their own tests)."""
@@ -194,13 +200,13 @@ def test_every_registered_attack_runs_in_a_cell_and_is_documented():
         doc = cls.__doc__ or ""
         assert re.search(r"\(20\d\d\)|20\d\d\)", doc), f"{name}: docstring must cite its paper"
         assert "Threat model" in doc, f"{name}: docstring must state its threat model"
-        assert cls.threat_model in ("outsider", "server")
-        if name in WHITE_BOX:  # they audit a DP defense, one per cell: tests/test_whitebox_audit.py
+        assert cls.threat_model in ("outsider", "server", "peer")
+        if name in WHITE_BOX or _own_cell(cls):
             continue
         specs.append({"name": name, **({"num_references": 2} if name in ("lira", "rmia") else {})})
     m = run_in_memory(parse_experiment(tiny_raw(attacks=specs))).metrics
     for name, cls in ATTACKS.items():
-        if cls.kind not in mine or name in WHITE_BOX:
+        if cls.kind not in mine or name in WHITE_BOX or _own_cell(cls):
             continue
         if cls.kind == "membership":
             assert 0.0 <= m[f"attack/{name}/auc"] <= 1.0

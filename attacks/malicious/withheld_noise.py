@@ -24,7 +24,7 @@ class WithheldNoise(Attack):
     What it does (capability ``withhold_noise``): the server-side hooks that add central noise
     (``client_dp``'s ``transform_aggregate``) run — so the hospitals are told the usual ε — but
     the server applies the clean sum. It then scores the records it asks about by their loss
-    under the model it released (Yeom et al. 2018's loss threshold: higher = −loss), which
+    under the model it released (the loss threshold of Yeom et al. (2018): higher = −loss), which
     the noise should have protected. Compare the same cell without this attack (the honest
     server adds the noise). Needs a defense with server-side noise (``client_dp``).
     """

@@ -45,8 +45,8 @@ def temporal_z(target: np.ndarray, reference: np.ndarray) -> np.ndarray:
 class PeerFedMIA(Attack):
     """Multi-temporal membership inference by a curious peer hospital.
 
-    Zhu et al., "FedMIA: An Effective Membership Inference Attack Exploiting 'All for One'
-    Principle in Federated Learning", CVPR 2025: a record's evidence across *all* rounds,
+    Zhu et al. (2025), "FedMIA: An Effective Membership Inference Attack Exploiting 'All for One'
+    Principle in Federated Learning" (CVPR): a record's evidence across *all* rounds,
     tested one-tailed against a non-member reference, beats a single snapshot. A peer sees no
     individual update, only the global model each round, so its evidence is the record's loss
     trajectory under the models it received: the loss after each aggregation and each
