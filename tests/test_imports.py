@@ -38,6 +38,8 @@ ALLOWED_BENCH_NAMES = {
     ("bench.training", "local_optimizer"),  # the same SGD as plain training, on the engine path
     # DP-SGD calibrates σ to a target ε at the same default δ the accountant uses
     ("bench.accounting", "default_delta"),
+    # ... and with the accounting module's own accountant (issue 26: σ equal to Opacus's, faster)
+    ("bench.accounting", "noise_multiplier_for"),
     # white-box audits: canary insertion lives in bench/ (DESIGN.md) so that the attack only
     # crafts directions and DP-SGD only inserts what the federation carries
     ("bench.canaries", "insert_audit_canaries"),
