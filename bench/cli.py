@@ -44,8 +44,11 @@ def _cell_tags(suite, cell, source: Optional[Mapping[str, str]] = None) -> dict[
         # what the data is (file digest / package version): part of run_key, so changed data reruns the cell
         "data_fingerprint": cfg.data_fingerprint or "unknown",
         # the seeds of one defense setting share this tag: "Group by" it in the MLflow UI to see
-        # mean and spread over seeds (the hash keeps apart settings whose readable labels match)
-        "setting": f"{cell.setting} · {cfg.setting_key[:6]}",
+        # mean and spread over seeds; at most 40 characters and unique per setting in the suite
+        # (bench.suite.short_label), the full label in full_name, the setting's hash in setting_key
+        "setting": cell.short_setting,
+        "full_name": f"{cell.setting} · seed {cfg.seed}",
+        "setting_key": cfg.setting_key[:12],
         **(source or {}),
     }
 

@@ -39,6 +39,19 @@ SEED_KEYS = ("seed", "seeds")  # --set keys that replace the suite's seeds
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")  # no leading '.' ('.', '..', hidden names are path-like)
 NAME_MAX = 100  # characters of a suite name: an MLflow experiment and a folder name under results/
 KEY_MAX = 200  # characters of a dotted key in a grid or a variant
+RUN_NAME_MAX = 40  # characters of a cell's MLflow run name (the runs table shows them in full; issue 23)
+# shorter spellings, applied in this order only to names that would pass RUN_NAME_MAX; the full
+# setting is the run's `full_name` tag, the dataset and attack list its `dataset` and `attacks` tags
+_ABBREVIATIONS = (
+    ("secure_aggregation", "secagg"), ("breast_cancer", "breast"), ("heart_disease", "heart"),
+    ("data.members_per_site=", "members="), ("data.num_sites=", "sites="), ("data.partition=", "partition="),
+    ("model.name=", "model="), ("no defense", "none"), (" · ", " "), (", ", ","),
+)
+_ATTACK_SHORT = {
+    "loss_threshold": "loss", "update_cosine": "cosine", "source_inference": "source", "inverting_gradients": "invgrad",
+    "canary_audit": "canary", "client_canary_audit": "client_canary", "peer_fedmia": "fedmia", "withheld_noise": "withheld",
+    "attribute_inference": "attr", "attribute_inference_server": "attr_server",
+}
 DEFAULT_MAX_CELLS = 10_000
 MAX_CELLS_ENV = "PRIVBENCH_MAX_CELLS"  # raises (or lowers) the limit on a suite's cells
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -67,6 +80,7 @@ class Cell:
     index: int
     config: ExperimentConfig
     distinct: str = ""  # what sets this cell apart from its suite's others beyond data and defenses
+    short: str = ""  # the setting in at most RUN_NAME_MAX characters with the seed (build_suite: unique per setting)
 
     @property
     def run_key(self) -> str:
@@ -79,9 +93,53 @@ class Cell:
         return f"{base} · {self.distinct}" if self.distinct else base
 
     @property
+    def short_setting(self) -> str:
+        """:attr:`setting` short enough for a run name of at most :data:`RUN_NAME_MAX` characters
+        (:func:`short_label`); the same for every seed of one setting."""
+        return self.short or short_label(self.setting, self.config.seed)
+
+    @property
     def name(self) -> str:
-        """The MLflow run name: the setting and the seed."""
-        return f"{self.setting} · seed {self.config.seed}"
+        """The MLflow run name: the (short) setting and the seed, at most :data:`RUN_NAME_MAX` characters."""
+        return f"{self.short_setting} · seed {self.config.seed}"
+
+
+def _seed_room(seed: int) -> int:
+    return RUN_NAME_MAX - len(f" · seed {seed}")
+
+
+def short_label(setting: str, seed: int = 0) -> str:
+    """``setting`` in at most ``RUN_NAME_MAX - len(" · seed N")`` characters: unchanged when it fits,
+    else with :data:`_ABBREVIATIONS` applied one by one until it fits, else cut with "…".
+
+    e.g. ``client_dp(z=1,C=0.5)+secure_aggregation`` -> ``client_dp(z=1,C=0.5)+secagg``.
+    """
+    room = _seed_room(seed)
+    for old, new in _ABBREVIATIONS:
+        if len(setting) <= room:
+            break
+        setting = setting.replace(old, new)
+    return setting if len(setting) <= room else setting[: room - 1].rstrip(" ·,") + "…"
+
+
+def _unique_shorts(cells: Sequence["Cell"]) -> list[str]:
+    """:meth:`Cell.short_setting` of each cell, made unique per setting: two settings whose short
+    labels match after cutting get ``#2``, ``#3``... (their full labels stay in the `full_name` tag)."""
+    by_short: dict[str, list[str]] = {}
+    for c in cells:
+        settings = by_short.setdefault(short_label(c.setting, max(x.config.seed for x in cells)), [])
+        if c.setting not in settings:
+            settings.append(c.setting)
+    out = []
+    for c in cells:
+        short = short_label(c.setting, max(x.config.seed for x in cells))
+        settings = by_short[short]
+        k = settings.index(c.setting)
+        if len(settings) > 1 and k > 0:
+            tag = f"#{k + 1}"
+            short = short[: _seed_room(max(x.config.seed for x in cells)) - len(tag) - 1].rstrip(" ·,…") + "…" + tag
+        out.append(short)
+    return out
 
 
 @dataclass(frozen=True)
@@ -232,8 +290,19 @@ def _suffix(chosen: Sequence[str], flat: dict[str, str]) -> str:
     """The distinguishing part of a run name: the dataset by its name alone, then the other
     keys as ``key=value`` (``digits · data.members_per_site=1, model.name=cnn``)."""
     dataset = [flat.get(k, "-") for k in chosen if k == "data.name"]
-    others = ", ".join(f"{k}={flat.get(k, '-')}" for k in chosen if k != "data.name")
+    others = ", ".join(_attack_set(flat.get(k, "-")) if k == "attacks" else f"{k}={flat.get(k, '-')}"
+                       for k in chosen if k != "data.name")
     return " · ".join([*dataset, *([others] if others else [])])
+
+
+def _attack_set(attacks: str) -> str:
+    """An attack list in a run name: its first attack (short) and how many more, ``loss+4`` for
+    ``loss_threshold+lira+rmia+update_cosine+source_inference`` (the list is the `attacks` tag)."""
+    names = [a for a in str(attacks).split("+") if a]
+    if not names:
+        return "no attacks"
+    first = _ATTACK_SHORT.get(names[0], names[0])
+    return f"{first}+{len(names) - 1}" if len(names) > 1 else first
 
 
 def _distinct_suffixes(configs: Sequence[ExperimentConfig]) -> list[str]:
@@ -325,6 +394,7 @@ def build_suite(raw: Any, overrides: Sequence[str] = (), source: str = "suite") 
     configs = list(unique.values())
     suffixes = _distinct_suffixes(configs)
     cells = [Cell(i, cfg, sfx) for i, (cfg, sfx) in enumerate(zip(configs, suffixes))]
+    cells = [dataclasses.replace(c, short=short) for c, short in zip(cells, _unique_shorts(cells))]
     source_dict = dict(raw)
     if parsed:
         source_dict["overrides"] = [f"{k}={v}" for k, v in parsed]

@@ -30,7 +30,9 @@ OPEN_PAGE = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>privbench: opening MLflow</title></head>
 <body>
 <script>
-try {{ window.localStorage.setItem({json.dumps(WORKFLOW_STORAGE_KEY)}, {json.dumps(json.dumps(WORKFLOW_TYPE))}); }} catch (e) {{}}
+try {{
+  window.localStorage.setItem({json.dumps(WORKFLOW_STORAGE_KEY)}, {json.dumps(json.dumps(WORKFLOW_TYPE))});
+}} catch (e) {{}}
 window.location.replace("/" + (window.location.hash || "#/"));
 </script>
 <noscript>Turn on JavaScript for the MLflow UI, then open <a href="/">the MLflow UI</a>.</noscript>

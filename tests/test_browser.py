@@ -5,12 +5,19 @@ store; ``python -m bench ui`` starts MLflow on it and prints each suite's link, 
 Chromium (selenium) opens. Asserted as a user sees it:
 
 * the runs table, not MLflow 3's GenAI overview, with the "Model training" side bar;
-* the cells grouped by defense setting, every run name shown in full and no two alike;
+* the cells grouped by defense setting, every run name (at most 40 characters) shown in full
+  and no two alike;
+* a run page reached by clicking its name stays in the training-runs mode: "Runs" and "Model
+  registry" in the side bar, no "Evaluations" (the compare page is opened by its link, not yet by
+  ticking rows and clicking "Compare");
 * the headline metric columns (test accuracy, ε, δ, the attack's TPR at 1 % FPR, seconds) and a
   filled Dataset column;
 * the chart view: one "Compare defenses" section of a few charts (not one per metric) and the
   rest collapsed;
 * MLflow's compare-runs page of the three cells lists all three.
+
+A second test stops ``privbench ui`` with SIGTERM and, separately, kills it hard (SIGKILL), and
+checks that its MLflow server, uvicorn worker and watchdog are all gone (polled, generous timeout).
 
 Screenshots go to ``results/browser/*.png`` (git-ignored). Needs Chromium and chromedriver:
 ``apt-get install -y --no-install-recommends chromium chromium-driver`` (CI's .ci/run does).
@@ -56,6 +63,8 @@ return Array.from(seen);
 """
 HEADLINE = ("utility/test_accuracy", "privacy/epsilon", "privacy/delta", "attack/loss_threshold/tpr_at_fpr_0.01", "cost/seconds")
 GENAI_OVERVIEW = ("No data available for the selected time range", "Token Usage")  # what MLflow 3 showed before
+GENAI_NAV = ("Evaluations", "Judges", "Prompts & versions")  # MLflow 3's GenAI side bar and breadcrumb on run/compare pages
+TRAINING_NAV = ("Runs", "Model registry")
 CHROME_FLAGS = (
     "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--window-size=2200,1100",
@@ -148,10 +157,11 @@ def test_privbench_ui_opens_a_suite_ready_to_compare(tmp_path):
     )
     out: list[str] = []
     driver = None
-    shots = {name: tmp_path / f"{name}.png" for name in ("runs_table", "charts", "compare")}
+    shots = {name: tmp_path / f"{name}.png" for name in ("runs_table", "charts", "compare", "run_clicked")}
     try:
         links = _read_links(ui, out, timeout=90)
         assert len(links) == 1 and "viewStateShareKey=" in links[0] and "workflowType=machine_learning" in links[0], out
+        assert "/privbench/open#/experiments/" in links[0], out  # through the page that keeps training-runs mode
         link = links[0]
 
         opts = Options()
@@ -172,12 +182,24 @@ def test_privbench_ui_opens_a_suite_ready_to_compare(tmp_path):
         wait.until(lambda d: "breast_cancer (" in body())  # the Dataset column: name (digest)
         text = body()
         assert not any(t in text for t in GENAI_OVERVIEW), "MLflow opened its GenAI overview"
-        assert "Model training" in text and "Group by: setting" in text
-        assert text.count("Group: ") == 3
+        assert "Model training" in text
+        assert "Group by: setting" in text and text.count("Group: ") == 3
+        assert all(len(n) <= 40 for n in names), names
         cells_shown = [(n, clipped) for n, clipped in driver.execute_script(NAME_CELLS_JS) if n in names]
         assert sorted(n for n, _ in cells_shown) == names  # each cell once: no two visible names alike
         assert not [n for n, clipped in cells_shown if clipped], f"run names cut: {cells_shown}"
         assert driver.save_screenshot(str(shots["runs_table"]))
+
+        # 1b. click a run name: its run page, still in training-runs mode
+        first = driver.find_elements(By.CSS_SELECTOR, '.ag-row a[href*="/runs/"]')[0]
+        clicked = first.text.strip()
+        first.click()
+        wait.until(lambda d: "/runs/" in d.current_url and "Metrics (" in body())
+        text = body()
+        assert clicked in text and not [t for t in GENAI_NAV if t in text], text[:400]
+        assert all(t in text for t in TRAINING_NAV), text[:400]
+        assert driver.save_screenshot(str(shots["run_clicked"]))
+
 
         # 2. the chart view: the headline charts open, the other metrics collapsed
         driver.get(link + "&compareRunsMode=CHART")
@@ -189,8 +211,9 @@ def test_privbench_ui_opens_a_suite_ready_to_compare(tmp_path):
         assert driver.save_screenshot(str(shots["charts"]))
 
         # 3. MLflow's compare-runs page of the three cells
-        driver.get(compare_link(link.split("/#/")[0], exp.experiment_id, [r.info.run_id for r in cells]))
+        driver.get(compare_link(link.split("/privbench/open")[0], exp.experiment_id, [r.info.run_id for r in cells]))
         wait.until(lambda d: "Comparing 3 Runs" in body() and all(n in body() for n in names))
+        assert not [t for t in GENAI_NAV if t in body()], body()[:400]  # after a run page visited by clicking, too
         assert driver.save_screenshot(str(shots["compare"]))
     except WebDriverException:
         if driver is not None:
@@ -206,3 +229,58 @@ def test_privbench_ui_opens_a_suite_ready_to_compare(tmp_path):
                 shutil.copy(shot, SHOTS / shot.name)
     assert ui.returncode == 0, out[-10:]
     assert all(s.stat().st_size > 10_000 for s in shots.values())
+
+
+def _ui_processes(port: int) -> list[str]:
+    """Command lines of the processes a ``privbench ui --port PORT`` started (server, worker, watchdog)."""
+    out = subprocess.run(["ps", "ww", "-eo", "pid=,args="], capture_output=True, text=True).stdout.splitlines()
+    return [l for l in out if f"--port {port}" in l and ("mlflow" in l or "uvicorn" in l)]
+
+
+def _gone(pred, timeout: float = 60.0) -> bool:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if pred():
+            return True
+        time.sleep(0.2)
+    return pred()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_privbench_ui_leaves_nothing_behind(tmp_path, how):
+    """SIGTERM stops ``privbench ui`` (exit 0) and everything it started; a hard kill (SIGKILL, which
+    it cannot handle) still takes its MLflow server and uvicorn worker down (the watchdog). No timing
+    assertion: polled with a generous timeout; the measured time is printed."""
+    from bench.cli import main
+
+    suite = tmp_path / "browsertest.yaml"
+    suite.write_text(SUITE.replace("[], [{name: clipping, max_norm: 0.5}], ", ""))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["run", str(suite), "--tracking-uri", uri, "-q"]) == 0
+    port = _free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "bench", "ui", "--tracking-uri", uri, "--port", str(port)],
+                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    out: list[str] = []
+    try:
+        _read_links(ui, out, timeout=90)
+        started = _ui_processes(port)
+        assert any("mlflow server" in l for l in started) and any("uvicorn" in l for l in started), started
+        watchdogs = subprocess.run(["pgrep", "-f", f"watchdog\\({ui.pid},"], capture_output=True, text=True).stdout.split()
+        assert len(watchdogs) == 1, watchdogs
+        t0 = time.monotonic()
+        ui.send_signal(getattr(signal, how))
+        ui.wait(timeout=60)
+        assert _gone(lambda: not _ui_processes(port)), _ui_processes(port)
+        assert _gone(lambda: not os.path.exists(f"/proc/{watchdogs[0]}") or "zombie" in open(f"/proc/{watchdogs[0]}/status").read().lower())
+        print(f"privbench ui {how}: exit {ui.returncode}, everything gone after {time.monotonic() - t0:.2f} s")
+        if how == "SIGTERM":
+            assert ui.returncode == 0, out[-10:]
+        with socket.socket() as s:  # the port is free again
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))
+    finally:
+        if ui.poll() is None:
+            os.killpg(ui.pid, signal.SIGKILL)
+        for line in _ui_processes(port):
+            os.kill(int(line.split()[0]), signal.SIGKILL)

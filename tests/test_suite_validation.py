@@ -310,7 +310,27 @@ def test_every_shipped_suite_has_unique_names_that_start_with_the_defense(path):
     from bench.config import load_yaml
 
     cells = _cells(load_yaml(path))
+    from bench.suite import RUN_NAME_MAX
+
     names = [c.name for c in cells]
     assert len(set(names)) == len(names), [n for n in names if names.count(n) > 1]
-    for c in cells:
-        assert c.name.startswith(c.config.setting_label()), c.name
+    for c in cells:  # issue 23: at most 40 characters (the runs table shows them in full), defense first, no attack lists
+        assert len(c.name) <= RUN_NAME_MAX, c.name
+        first = c.config.defenses[0].name if c.config.defenses else "no defense"
+        spellings = {first, first[: RUN_NAME_MAX - 12], {"secure_aggregation": "secagg", "no defense": "none"}.get(first, first)}
+        assert any(c.name.startswith(x) for x in spellings), c.name
+        assert "attacks=" not in c.name and c.name.endswith(f" · seed {c.config.seed}")
+    shorts = {}
+    for c in cells:  # one short setting per setting, and no two settings share one
+        shorts.setdefault(c.short_setting, set()).add(c.config.setting_key)
+    assert all(len(keys) == 1 for keys in shorts.values()), shorts
+
+
+def test_long_names_are_shortened_and_kept_apart():
+    from bench.suite import RUN_NAME_MAX, short_label
+
+    assert short_label("dp_sgd(z=1,C=1)") == "dp_sgd(z=1,C=1)"  # a name that fits is left alone
+    assert short_label("client_dp(z=1,C=0.5)+secure_aggregation") == "client_dp(z=1,C=0.5)+secagg"
+    long = "no defense · breast_cancer · attacks=" + "x" * 80
+    assert len(short_label(long)) == RUN_NAME_MAX - len(" · seed 0") and short_label(long).endswith("…")
+    assert len(short_label(long, seed=123456)) == RUN_NAME_MAX - len(" · seed 123456")
