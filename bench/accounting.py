@@ -23,7 +23,7 @@ import functools
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Optional
+from typing import Iterable, Mapping, Optional, Sequence
 
 from bench.types import DPEvent
 
@@ -147,6 +147,27 @@ def epsilon_of(events: Iterable[DPEvent], delta: float, accountant: str = "rdp")
     acc = make_accountant(accountant)
     acc.history = hist
     return float(acc.get_epsilon(delta=delta))
+
+
+def epsilons_of(events: Iterable[DPEvent], deltas: Sequence[float], accountant: str = "rdp") -> list[float]:
+    """:func:`epsilon_of` at each of ``deltas`` (a privacy profile). With RDP the Rényi curve of the
+    composition is computed once and converted at every δ (Opacus's ``compute_rdp`` and
+    ``get_privacy_spent``, exactly what its ``RDPAccountant.get_epsilon`` does per call)."""
+    events = [e for e in events if e.steps > 0]
+    if accountant != "rdp" or not events:
+        return [epsilon_of(events, d, accountant) for d in deltas]
+    relations = {e.neighbouring for e in events}
+    if len(relations) > 1:
+        raise ValueError(f"events of one party under several neighbouring relations {sorted(relations)}; restate them under one")
+    hist = [(effective_noise_multiplier(e), e.sample_rate, e.steps) for e in events]
+    if any(s <= 0 for s, _, _ in hist):
+        return [math.inf] * len(deltas)
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    rdp = sum(compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=orders) for sigma, q, steps in hist)
+    return [float(get_privacy_spent(orders=orders, rdp=rdp, delta=d)[0]) for d in deltas]
 
 
 def account(

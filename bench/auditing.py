@@ -26,7 +26,7 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from bench.accounting import account
+from bench.accounting import account, epsilons_of
 from bench.metrics import audit as stats
 from bench.types import AuditScores, DPEvent, GroundTruth
 
@@ -113,7 +113,12 @@ def claimed_profile(output: AuditScores, events: Sequence[DPEvent], accountant: 
     (``None`` without DP). Each pair is a guarantee the accountant states; together they
     claim f-DP for f = max_i f_{ε_i, δ_i} (Dong, Roth, Su 2022), a curve, not one point."""
     evs = party_events(output, events)
-    eps = [accountant_epsilon(output, evs, accountant, d) for d in PROFILE_DELTAS]
+    if output.party is None:  # the weakest of several parties, at each δ
+        eps = [accountant_epsilon(output, evs, accountant, d) for d in PROFILE_DELTAS]
+    elif not evs:
+        return None
+    else:  # one party: one Rényi curve, every δ (add/remove, as accountant_epsilon)
+        eps = epsilons_of([dataclasses.replace(e, neighbouring="add_remove") for e in evs], PROFILE_DELTAS, accountant)
     if not all(math.isfinite(e) for e in eps):
         return None
     return np.asarray(eps), np.asarray(PROFILE_DELTAS)

@@ -144,7 +144,7 @@ def requirement(ratio: float) -> str:
     return "violation in ≥ 2/3" if ratio >= 3 else "≥ suspect in ≥ 2/3" if ratio >= 1.5 else "none (< 1.5×)"
 
 
-def detect(data_dir: str, seeds: int, bugs=None) -> None:
+def detect(data_dir: str, seeds: int, bugs=None, accountant: str | None = None) -> None:
     print(f"\n## Detection matrix ({seeds} seeds per bug, broken implementation; true ε = the accountant on what really ran)\n")
     print("| bug | claimed ε | true ε | true / claimed | violation | ≥ suspect | issue 20 asks | met | caught by (observations) | "
           "power k: σ/k, q·k (seed 0) |")
@@ -156,12 +156,14 @@ def detect(data_dir: str, seeds: int, bugs=None) -> None:
         for seed in range(seeds):
             raw = bug_config(bug, data_dir)
             raw["seed"] = seed
+            if accountant is not None:
+                raw["privacy"] = {**raw["privacy"], "accountant": accountant}
             broken.append(run(raw, bug))
         r0 = broken[0]
         name, party = audited(r0)
         claimed = r0.metrics[f"audit/{name}/accountant_epsilon"]
         delta = r0.metrics[f"audit/{name}/delta"]
-        true = true_epsilon(bug, r0.record.dp_events, "rdp", delta, party if name == "dpsgd_audit" else "federation")
+        true = true_epsilon(bug, r0.record.dp_events, accountant or "rdp", delta, party if name == "dpsgd_audit" else "federation")
         ratio = true / claimed
         viol = sum(x.tags.get("audit_verdict") == "violation" for x in broken)
         sus = sum(x.tags.get("audit_verdict") in ("violation", "suspect") for x in broken)
@@ -221,6 +223,7 @@ def main() -> None:
     ap.add_argument("--other-seeds", type=int, default=3, help="seeds of the other honest configurations (alarms)")
     ap.add_argument("--detect-seeds", type=int, default=3, help="seeds per cell of the detection matrix")
     ap.add_argument("--bugs", nargs="*", choices=sorted(MUTANTS), help="only these bugs (detect, alarms)")
+    ap.add_argument("--accountant", choices=["rdp", "prv"], help="detect: override the documented configurations' accountant")
     ap.add_argument("--data-dir", default=os.environ.get("PRIVBENCH_DATA_DIR", str(ROOT.parent / "shared/data/uci-heart-disease")))
     args = ap.parse_args()
     logging.disable(logging.CRITICAL)  # the AUDIT VIOLATION errors are the point here
@@ -229,7 +232,7 @@ def main() -> None:
     if args.part in ("cost", "all"):
         cost(sweep_cells(args.data_dir))
     if args.part in ("detect", "all"):
-        detect(args.data_dir, args.detect_seeds, args.bugs)
+        detect(args.data_dir, args.detect_seeds, args.bugs, args.accountant)
     if args.part in ("alarms", "all"):
         alarms(args.data_dir, args.seeds, args.other_seeds, args.bugs)
 

@@ -152,3 +152,14 @@ def test_replace_one_is_refused_at_record_level_and_with_subsampling():
         epsilon_of([ev(1.0, 0.5, 10, "federation", "client", 10, "replace_one")], 1e-5)
     with pytest.raises(ValueError, match="several neighbouring"):
         epsilon_of([client_ev(), client_ev(neighbouring="add_remove")], 1e-5)
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_a_privacy_profile_equals_the_accountant_at_every_delta(accountant):
+    """``epsilons_of`` (one Rényi curve converted at every δ) is ``epsilon_of`` at each δ."""
+    from bench.accounting import epsilon_of, epsilons_of
+
+    events = [DPEvent(kind="poisson_gaussian", unit="record", party="a", noise_multiplier=1.3, sample_rate=0.1, steps=120, population=200),
+              DPEvent(kind="poisson_gaussian", unit="record", party="a", noise_multiplier=2.0, sample_rate=1.0, steps=3, population=200)]
+    deltas = [1e-9, 1e-6, 1e-5, 1e-3] if accountant == "rdp" else [1e-6, 1e-5]
+    assert epsilons_of(events, deltas, accountant) == pytest.approx([epsilon_of(events, d, accountant) for d in deltas], rel=1e-12)
