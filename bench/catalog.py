@@ -175,6 +175,19 @@ def find(name: str) -> tuple[str, type]:
     return hits[0]
 
 
+def data_params(name: str) -> tuple[ParamInfo, ...]:
+    """The ``data.*`` keys that apply to dataset ``name``: every key of ``DataConfig`` but
+    ``name``, less those another dataset declares its own (``own_data_keys``, e.g. the CSV's
+    ``path`` or heart disease's ``data_dir``) and ``name`` does not."""
+    from bench.components import registry
+    from bench.config import DataConfig
+
+    datasets = registry("dataset")
+    own = set(getattr(datasets.get(name), "own_data_keys", ()))
+    others = {k for n, c in datasets.items() if n != name for k in getattr(c, "own_data_keys", ())}
+    return tuple(p for p in params_of(DataConfig) if p.name != "name" and (p.name in own or p.name not in others))
+
+
 def describe(name: str) -> str:
     """``privbench list NAME``: description, facts and the parameter table of one component."""
     kind, cls = find(name)
@@ -188,11 +201,16 @@ def describe(name: str) -> str:
     lines += ["  " + line if line else "" for line in (first + "\n" + doc).strip().splitlines()]
     params_cls = getattr(cls, "Params", None)
     lines.append("")
-    if params_cls is None or not dataclasses.is_dataclass(params_cls) or not dataclasses.fields(params_cls):
+    if kind == "dataset":
+        rows, where = data_params(name), "under `data:`, beside `name:`"
+    elif params_cls is None or not dataclasses.is_dataclass(params_cls) or not dataclasses.fields(params_cls):
+        rows, where = (), ""
+    else:
+        rows, where = params_of(params_cls), "beside `name:`"
+    if not rows:
         lines.append("  parameters: none")
     else:
-        rows = params_of(params_cls)
-        lines.append("  parameters (YAML keys beside `name:`):")
+        lines.append(f"  parameters (YAML keys {where}):")
         w = max(len(p.name) for p in rows)
         for p in rows:
             extra = "; ".join(x for x in (f"default {p.default}", p.range) if x)

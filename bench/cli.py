@@ -223,15 +223,26 @@ def is_attack_only(m: Mapping[str, float]) -> bool:
     return recon and not other and not _attack_names(m, "auc")
 
 
+def at_or_below_majority(m: Mapping[str, float]) -> Optional[tuple[float, float]]:
+    """``(test accuracy, majority-class baseline)`` when the accuracy is at or below the baseline
+    (no better than always answering the majority class), else None; None for an attack-only cell
+    (its accuracy is not a utility result) and where either number was not logged."""
+    acc, base = m.get("utility/test_accuracy"), m.get("utility/majority_baseline")
+    if acc is None or base is None or is_attack_only(m) or acc > base:
+        return None
+    return acc, base
+
+
 def format_utility(m: Mapping[str, float]) -> str:
-    """``acc (maj <baseline>)``, or ``attack-only`` (see :func:`is_attack_only`)."""
+    """``acc (maj <baseline>)``, ``!`` after ``acc`` where :func:`at_or_below_majority`, or
+    ``attack-only`` (see :func:`is_attack_only`)."""
     if is_attack_only(m):
         return "attack-only"
     acc = m.get("utility/test_accuracy")
     if acc is None:
         return "-"
     base = m.get("utility/majority_baseline")
-    flag = "!" if base is not None and acc <= base else ""  # no better than always answering the majority class
+    flag = "!" if at_or_below_majority(m) else ""  # no better than always answering the majority class
     return f"{acc:.3f}{flag}" + ("" if base is None else f" (maj {base:.3f})")
 
 
@@ -359,6 +370,13 @@ def cmd_schema(args) -> int:
 
 
 def _finished_row(name: str, m: Mapping[str, float], tags: Mapping[str, str]) -> SummaryRow:
+    """The summary row of a cell that finished (here or on a worker); a warning where its test
+    accuracy is at or below the majority-class baseline (the summary's ``!``)."""
+    low = at_or_below_majority(m)
+    if low is not None:
+        log.warning("cell %s: test accuracy %.3f is at or below the majority-class baseline %.3f (always answering the "
+                    "majority class): the model is no better than a constant guess; train longer (train.rounds), tune "
+                    "train.lr, or check the label column", name, *low)
     return SummaryRow(name, "FINISHED", dict(m), dict(tags), m.get("cost/seconds", 0.0))
 
 
@@ -742,6 +760,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="privbench", description="Privacy attack-and-defense benchmark for federated learning.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     p.add_argument("--version", action="version", version=f"privbench {_version()}")
+    # the global flags also work after the subcommand (`privbench run SUITE -v`): each subparser
+    # has them too, with no default of its own, so the one given on either side decides
+    common = _Parser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging and tracebacks")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def suite_args(sp):
@@ -749,7 +771,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a config value in every cell")
         sp.add_argument("--only", metavar="TEXT", help="only cells whose name contains TEXT")
 
-    r = sub.add_parser("run", help="run a suite (skips cells already FINISHED)")
+    r = sub.add_parser("run", parents=[common], help="run a suite (skips cells already FINISHED)")
     suite_args(r)
     r.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///results/mlflow.db)")
     r.add_argument("--no-resume", action="store_true", help="run every cell even if a FINISHED run exists")
@@ -759,19 +781,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--address", metavar="ADDR", help="Ray cluster address (with --executor ray), e.g. ray://head:10001; default $RAY_ADDRESS or a local Ray")
     r.set_defaults(func=cmd_run)
 
-    v = sub.add_parser("validate", help="check a suite file and list its cells; runs nothing")
+    v = sub.add_parser("validate", parents=[common], help="check a suite file and list its cells; runs nothing")
     suite_args(v)
     v.add_argument("--data", action="store_true", help="also load and split every cell's data (as `run` does before it starts)")
     v.set_defaults(func=cmd_validate)
 
-    li = sub.add_parser("list", help="list datasets, models, defenses and attacks; `list NAME` shows one's parameters")
+    li = sub.add_parser("list", parents=[common], help="list datasets, models, defenses and attacks; `list NAME` shows one's parameters")
     li.add_argument("name", nargs="?", metavar="NAME", help="a component, e.g. lira or dp_sgd: its parameters, defaults, ranges and paper")
     li.set_defaults(func=cmd_list)
 
-    sc = sub.add_parser("schema", help="print the JSON Schema of suite files (for editors: privbench schema > suite.schema.json)")
+    sc = sub.add_parser("schema", parents=[common], help="print the JSON Schema of suite files (for editors: privbench schema > suite.schema.json)")
     sc.set_defaults(func=cmd_schema)
 
-    rp = sub.add_parser("report", help="figures, summary table and report.html of a suite, read back from MLflow")
+    rp = sub.add_parser("report", parents=[common], help="figures, summary table and report.html of a suite, read back from MLflow")
     rp.add_argument("--suite", required=True, metavar="NAME", help="suite name (the `suite:` key of its YAML, e.g. quick)")
     rp.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///results/mlflow.db)")
     rp.add_argument("--out", metavar="DIR", help="output folder (default: results/<suite>/)")
@@ -780,7 +802,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from bench.ui import add_ui_arguments
 
-    u = sub.add_parser("ui", help="the MLflow UI on the results store; prints each suite's link (runs table, compare-defenses view)")
+    u = sub.add_parser("ui", parents=[common], help="the MLflow UI on the results store; prints each suite's link (runs table, compare-defenses view)")
     add_ui_arguments(u)
     u.set_defaults(func=cmd_ui)
     return p

@@ -23,7 +23,32 @@ from bench.types import ConfigError
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which data, how it is split into hospitals, members, non-members and test records."""
+    """Which data, how it is split into hospitals, members, non-members and test records.
+
+    Attributes:
+        name: the dataset (``privbench list`` shows them).
+        partition: ``natural`` (the dataset's real hospitals), ``iid`` (random equal shares) or
+            ``dirichlet`` (label-skewed shares, see ``alpha``).
+        num_sites: how many hospitals ``iid`` and ``dirichlet`` make (``natural`` keeps the real ones).
+        alpha: Dirichlet concentration of ``dirichlet``: smaller means more label skew between hospitals.
+        member_fraction: share of each hospital's non-test records that train (members); the rest are non-members.
+        test_fraction: share of each hospital's records held out for test accuracy.
+        max_records_per_site: cap on each hospital's records before the split (a random subset); null: no cap.
+        members_per_site: cap on each hospital's members after the split (the rest leave the candidate pool); null: no cap.
+        small_sites: hospitals too small to split: ``error`` lists them, ``drop`` leaves them out, ``merge``
+            pools them into one hospital.
+        min_site_records: the size below which a hospital is too small; null: the least that splits.
+        data_dir: folder holding the dataset's files (else $PRIVBENCH_DATA_DIR, then the cache).
+        download: fetch the files once into the cache when they are not found.
+        path: the CSV file (docs/csv.md).
+        site_column: the CSV column naming each row's hospital (read for ``partition: natural`` only).
+        label_column: the CSV column holding the class label.
+        categorical_columns: CSV columns read as categories even though their values are numbers.
+        id_columns: identifier columns: never features, never logged.
+        drop_columns: CSV columns not read at all.
+        positive_labels: label values that become class 1 (the rest class 0), as the CSV writes them.
+        multiclass: keep every label value as its own class (instead of ``positive_labels``).
+    """
 
     name: str = "breast_cancer"
     partition: Literal["natural", "iid", "dirichlet"] = "iid"

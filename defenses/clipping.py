@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from defenses.base import DEFENSES, ClientContext, Defense, on_rows
+from defenses.base import DEFENSES, ClientContext, Defense, FederationFacts, on_rows
 
 
 def clip_l2(update: torch.Tensor, max_norm: float) -> torch.Tensor:
@@ -24,6 +24,10 @@ class Clipping(Defense):
     Runs on the client, after local training. Privacy unit: none. DP events: none — on its
     own clipping is **not** differential privacy (no ε); it only limits how much one update
     can move the model and weakens some attacks. Hides nothing from the server.
+
+    Logs ``defense/clipping/clipped_fraction``: the share of the hospitals' updates (every
+    round, every participant) whose L2 norm exceeded ``max_norm``, so were scaled down (0: the
+    bound never acted; 1: it acted on every update).
     """
 
     name = "clipping"
@@ -38,11 +42,29 @@ class Clipping(Defense):
 
     has_stacked_form = True
 
+    def __init__(self, params) -> None:
+        super().__init__(params)
+        self._sites: frozenset[str] = frozenset()
+        self._updates = 0  # hospital updates seen in this run
+        self._clipped = 0  # of which norm > max_norm
+
+    def setup(self, facts: FederationFacts) -> None:
+        self._sites, self._updates, self._clipped = frozenset(facts.site_names), 0, 0
+
     def update_stack(self, updates: torch.Tensor, generators) -> torch.Tensor:
         return clip_l2(updates, self.params.max_norm)
 
     def transform_update(self, update: torch.Tensor, ctx: ClientContext) -> torch.Tensor:
+        if update.dim() == 1 and ctx.site in self._sites:  # a hospital's update (not an audit's canary clients)
+            self._updates += 1
+            self._clipped += int(torch.linalg.vector_norm(update) > self.params.max_norm)
         return on_rows(self.update_stack, update, ctx.generator)
+
+    def metrics(self) -> dict[str, float]:
+        """``defense/clipping/clipped_fraction`` over the run's hospital updates (none without any)."""
+        if not self._updates:
+            return {}
+        return {"defense/clipping/clipped_fraction": self._clipped / self._updates}
 
     def stacks_updates(self) -> bool:
         return True  # clip_l2 clips row by row

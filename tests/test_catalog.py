@@ -13,9 +13,10 @@ import jsonschema
 import pytest
 import yaml
 
-from bench.catalog import describe, find, overview, schema_errors, suite_schema
+from bench.catalog import data_params, describe, find, overview, schema_errors, suite_schema
 from bench.cli import main
 from bench.components import registry
+from bench.config import DataConfig
 from bench.suite import build_suite
 from bench.types import ConfigError
 
@@ -111,11 +112,14 @@ def test_list_name_shows_every_parameter_with_default_and_range(kind, capsys):
         out = capsys.readouterr().out
         assert out.startswith(f"{name} ({kind})")
         out = out[out.index("parameters"):]  # the table (the description above it may mention a key)
-        params = getattr(cls, "Params", None)
+        params = DataConfig if kind == "dataset" else getattr(cls, "Params", None)  # a dataset's keys are data.*
         if params is None or not dataclasses.fields(params):
             assert "parameters: none" in out
             continue
+        shown = {p.name for p in data_params(name)} if kind == "dataset" else None
         for f in dataclasses.fields(params):
+            if shown is not None and f.name not in shown:
+                continue
             line = next(line for line in out.splitlines() if line.strip().startswith(f.name + " "))
             assert "default" in line
             for key, sym in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):

@@ -723,6 +723,9 @@ def _register():
         for ``partition: natural`` (docs/csv.md)."""
 
         modality = "tabular"
+        # the data.* keys only this dataset reads (`privbench list`)
+        own_data_keys = ("path", "site_column", "label_column", "categorical_columns", "id_columns", "drop_columns",
+                         "positive_labels", "multiclass")
 
         @staticmethod
         def check(cfg) -> None:

@@ -215,6 +215,7 @@ def _register():
         """UCI Heart Disease: 920 patients at 4 real hospitals; 5 continuous + 8 categorical features."""
 
         modality = "tabular"
+        own_data_keys = ("data_dir", "download")  # the data.* keys only this dataset reads (`privbench list`)
 
         @staticmethod
         def check(cfg) -> None:
