@@ -205,3 +205,12 @@ def test_warning_and_summary_marker_agree():
               {"utility/test_accuracy": 0.7, "utility/majority_baseline": 0.627}, inversion):
         assert (at_or_below_majority(m) is not None) == ("!" in format_utility(m))
     assert at_or_below_majority(inversion) is None  # an attack-only cell's accuracy is not a utility result
+
+
+def test_summary_shows_the_flagged_accuracy_and_its_baseline_whole():
+    from bench.cli import SUMMARY_WIDTH, SummaryRow, _summary_table
+
+    m = {"utility/test_accuracy": 0.623, "utility/majority_baseline": 0.632}
+    table = _summary_table([SummaryRow("clipping(C=1e-06) · seed 0", "FINISHED", m, {}, 1.7)])
+    assert "0.623! (maj 0.632)" in table
+    assert max(len(line) for line in table.splitlines()) <= SUMMARY_WIDTH
