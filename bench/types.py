@@ -690,6 +690,11 @@ class Reconstructions:
         iterations: optimisation steps per restart (0 for analytic attacks).
         seconds: wall time of the optimisation.
         write_records: the user opted in to writing reconstructed records to a CSV artifact.
+        membership: a membership follow-up on the same observation (a malicious server's
+            ``model_inconsistency`` scores the candidates against the update it isolated);
+            ``None`` for a pure inversion.
+        membership_site: the hospital whose training set ``membership`` asks about (scoring
+            compares its members with the non-members held out from it).
     """
 
     items: tuple[Reconstruction, ...]
@@ -697,3 +702,5 @@ class Reconstructions:
     iterations: int = 0
     seconds: float = 0.0
     write_records: bool = False
+    membership: Optional[MembershipScores] = None
+    membership_site: Optional[str] = None

@@ -115,6 +115,24 @@ def test_imprint_recovers_records_verbatim_from_the_secure_sum():
     assert "change_architecture" in res.tags["adversary_capabilities"]
 
 
+@pytest.mark.parametrize("model", ["cnn", "mlp"])
+def test_imprint_recovers_digits_images_verbatim_from_the_secure_sum(model):
+    """The image path: digits (1x8x8), 3 hospitals of 60 records, the default 32-bit secure
+    aggregation, FedSGD. The imprint layer sits on the flattened image in front of the CNN (or
+    the MLP), as in Fowl et al.; every hospital gets images back verbatim (pixel MSE < 1e-4),
+    and what the attacker claims by its own range test is mostly right."""
+    raw = tiny_raw(attacks=[{"name": "imprint", "bins": 256}], defenses=[{"name": "secure_aggregation"}], model={"name": model},
+                   data={"name": "digits", "partition": "iid", "num_sites": 3, "max_records_per_site": 60},
+                   train={"rounds": 1, "local_epochs": 1, "batch_size": 1000, "lr": 0.1})
+    res = run_in_memory(parse_experiment(raw))
+    m = {k[len("attack/imprint/"):]: v for k, v in res.metrics.items() if k.startswith("attack/imprint/")}
+    assert m["records_recovered"] >= 1
+    assert m["recovered_fraction_worst_site"] > 0  # every hospital loses images, not only one
+    assert m["recovered_fraction_ci_low"] > 0.25
+    assert m["records_recovered"] >= 0.8 * m["records_claimed"]  # the claims are mostly verbatim
+    assert res.tags["adversary"] == "malicious_server"
+
+
 @needs_heart
 def test_imprint_refuses_a_view_where_the_server_did_not_act():
     """The read-out needs the trap it planted: an honest server's view is refused, not read."""
@@ -186,3 +204,71 @@ def test_withheld_noise_releases_the_clean_model_while_epsilon_is_still_claimed(
 def test_refused_before_training(raw, match):
     with pytest.raises(ConfigError, match=match):
         parse_experiment(raw)
+
+
+# --------------------------------------------------------------------------- membership after model inconsistency
+
+
+def _planted_membership(malicious: bool, rounds: int = 4):
+    """3 hospitals x 40 records with random labels (fitted only by memorising them; the planted
+    federation of tests/test_server_mia.py); candidates: each hospital's 40 members and 40
+    non-members held out from it. ``malicious``: model_inconsistency isolates hospital s0 in
+    every round under 64-bit secure aggregation; else an honest server sees every update."""
+    import dataclasses
+
+    from attacks.membership.update_cosine import UpdateCosine
+    from bench.runner import make_defenses
+    from bench.types import GroundTruth
+    from bench.views import server_view
+    from test_lira_rmia import INFO, _cfg, _fed, _records
+
+    defenses = [{"name": "secure_aggregation", "bits": 64}] if malicious else []
+    cfg = _cfg(model__name="mlp", model__hidden=[64], train__rounds=rounds, train__local_epochs=3, train__batch_size=8,
+               train__lr=0.3, defenses=defenses)
+    pop = _records(240, 0)
+    perm = np.random.default_rng(1).permutation(240)
+    site_of = np.zeros(240, np.int64)
+    member = np.zeros(240, bool)
+    for i in range(3):
+        member[perm[i * 40 : (i + 1) * 40]] = True
+        site_of[perm[i * 40 : (i + 1) * 40]] = i
+        site_of[perm[120 + i * 40 : 120 + (i + 1) * 40]] = i
+    sites = {f"s{i}": pop.take(np.sort(perm[i * 40 : (i + 1) * 40])) for i in range(3)}
+    fed = dataclasses.replace(_fed(sites), candidates=pop, population=pop)
+    truth = GroundTruth(candidate_ids=pop.ids, candidate_is_member=member, candidate_site=site_of,
+                        site_names=fed.site_names, site_train=sites, info=INFO)
+    seeds = Seeds(0)
+    model_fn = lambda: build_model(INFO, cfg.model, torch.Generator().manual_seed(0))  # noqa: E731
+    initial = build_model(INFO, cfg.model, seeds.torch("init"))
+    attack = plan = None
+    if malicious:
+        attack = ModelInconsistency(ModelInconsistency.Params(target="s0", inversion="analytic", rounds=tuple(range(1, rounds + 1))))
+        inputs = PlanInputs(INFO, model_fn, torch.nn.utils.parameters_to_vector(initial.parameters()), fed.site_names,
+                            {s.name: len(s.train) for s in fed.sites}, rounds, pop)
+        plan = attack.server_plan(inputs, np.random.default_rng(0))
+    rec = run_federated(fed, initial, make_defenses(cfg), cfg.train, cfg.privacy, seeds, evaluate=False, plan=plan)
+    view = server_view(rec, fed, model_fn, adversary=plan.adversary if malicious else "honest_but_curious")
+    out = (attack or UpdateCosine(UpdateCosine.Params())).run(view, np.random.default_rng(0))
+    return out, truth
+
+
+def test_model_inconsistency_membership_on_the_isolated_update_matches_update_cosine_without_secure_aggregation():
+    """Known answer: secure aggregation hides every update, model inconsistency undoes it. The
+    isolated hospital's membership AUC (its members against the non-members held out from it)
+    is clearly above chance, as update_cosine's is on the same hospital's candidates when the
+    honest server sees every update (no secure aggregation), and not below that interval; a
+    hospital the server shut out is not exposed by the isolated update (AUC near chance)."""
+    from bench.metrics.malicious import site_membership_metrics
+
+    honest, truth = _planted_membership(malicious=False)
+    want = site_membership_metrics(honest, "s0", truth)
+    out, truth = _planted_membership(malicious=True)
+    assert out.membership_site == "s0" and out.membership is not None
+    got = site_membership_metrics(out.membership, out.membership_site, truth)
+    assert want["auc_ci_low"] > 0.5  # the honest-but-curious server's attack works here
+    assert got["auc_ci_low"] > 0.5
+    assert got["auc"] >= want["auc_ci_low"]  # secure aggregation bought no protection
+    assert got["auc_ci_low"] <= want["auc_ci_high"]  # the two intervals overlap
+    assert got["members"] == 40 and got["nonmembers"] == 40  # s0's candidates only
+    shut_out = site_membership_metrics(out.membership, "s1", truth)
+    assert abs(shut_out["auc"] - 0.5) < 0.15 and shut_out["auc_ci_low"] < 0.5 < shut_out["auc_ci_high"]

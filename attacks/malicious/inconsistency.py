@@ -61,8 +61,13 @@ class ModelInconsistency(Attack):
     others' output-bias steps; dividing by the weight it chose itself isolates the target's
     update (exact in every coordinate but the output bias, where the others' label counts
     remain). It then runs ``inversion`` (analytic, tableak, inverting_gradients or dlg) on
-    the isolated update as if it were an individual update. Disclosure needed: what the
-    inner attack needs. Needs a model with a ReLU (mlp, cnn).
+    the isolated update as if it were an individual update, and, with ``membership:
+    update_cosine`` (the default), scores every candidate record against it with
+    ``update_cosine``'s Grad-Cosine score (Li et al., ICLR 2023): the question "was this
+    record in the target hospital's training set", which secure aggregation was meant to make
+    unanswerable. Scoring compares the target's members with the non-members held out from
+    it (``Reconstructions.membership``). Disclosure needed: what the inner attack needs.
+    Needs a model with a ReLU (mlp, cnn).
     """
 
     name = "model_inconsistency"
@@ -77,12 +82,14 @@ class ModelInconsistency(Attack):
         target: the hospital to isolate (default: the first of the roster).
         inversion: the inversion attack run on the isolated update.
         iterations, restarts: the inner optimisation attack's budget (ignored by analytic).
+        membership: the membership attack run on the isolated update (``none``: inversion only).
         """
 
         target: Optional[str] = None
         inversion: Literal["analytic", "tableak", "inverting_gradients", "dlg"] = "tableak"
         iterations: int = field(default=1500, metadata={"ge": 1})
         restarts: int = field(default=10, metadata={"ge": 1})
+        membership: Literal["update_cosine", "none"] = "update_cosine"
 
     @classmethod
     def check(cls, params, cfg) -> None:
@@ -150,6 +157,17 @@ class ModelInconsistency(Attack):
         names = {f.name for f in dataclasses.fields(inner_cls.Params)}
         given = {k: v for k, v in dataclasses.asdict(p).items() if k in names}
         given.update(rounds=live, sites=(target,))
-        out = inner_cls(inner_cls.Params(**given)).run(self.isolated_view(view), rng)
+        isolated = self.isolated_view(view)
+        out = inner_cls(inner_cls.Params(**given)).run(isolated, rng)
         disclosure = {**out.disclosure, "rounds_aborted": len(aborted), "adversary": ADVERSARY}
-        return dataclasses.replace(out, disclosure=disclosure, seconds=time.perf_counter() - t0)
+        scores = self.membership_scores(isolated, live, rng) if p.membership != "none" else None
+        return dataclasses.replace(out, disclosure=disclosure, seconds=time.perf_counter() - t0,
+                                   membership=scores, membership_site=target if scores is not None else None)
+
+    def membership_scores(self, isolated: ServerView, live: tuple[int, ...], rng: np.random.Generator):
+        """``update_cosine``'s scores of the candidates against the isolated update of each live
+        round (its own code on a view holding only those rounds: one update, the target's)."""
+        from attacks.membership.update_cosine import UpdateCosine
+
+        rounds = tuple(r for r in isolated.rounds if r.round in live)
+        return UpdateCosine(UpdateCosine.Params()).run(dataclasses.replace(isolated, rounds=rounds), rng)

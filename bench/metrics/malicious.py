@@ -6,13 +6,18 @@ A true record counts as recovered verbatim when the Hungarian matching of
 ``bench.metrics.reconstruction`` pairs it with a reconstruction that gets every feature right
 under TabLeak's rule (categorical: the category; continuous: within 0.319 std) — images: a
 pixel MSE below 1e-4 (PSNR ≥ 40 dB). Fractions carry 95 % Wilson intervals over records.
+
+A membership follow-up (``Reconstructions.membership``, e.g. ``model_inconsistency`` scoring
+the candidates against the update it isolated) is scored by ``bench.metrics.membership`` on
+the candidates of the hospital it asks about: that hospital's members against the non-members
+held out from it (``auc``, ``tpr_at_fpr_<level>`` with their intervals, ...).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from bench.metrics import wilson_interval
+from bench.metrics import align, membership_metrics, wilson_interval
 from bench.metrics.reconstruction import decode_table, matched_table_hits, pairwise_mse, hungarian
 from bench.types import GroundTruth, MembershipScores, Reconstructions, safe_label
 
@@ -41,6 +46,15 @@ def verbatim_flags(item, truth: GroundTruth) -> tuple[np.ndarray, np.ndarray]:
     return flags, owner
 
 
+def site_membership_metrics(scores: MembershipScores, site: str, truth: GroundTruth) -> dict[str, float]:
+    """Membership metrics of ``scores`` for the question "was this record in ``site``'s training
+    set": the candidates held by ``site`` (its members and the non-members held out from it);
+    the other hospitals' candidates are left out (their members are not ``site``'s)."""
+    idx = align(scores.ids, truth)
+    mine = truth.candidate_site[idx] == truth.site_names.index(site)
+    return membership_metrics(np.asarray(scores.scores)[mine], truth.candidate_is_member[idx][mine])
+
+
 def malicious_metrics(output, truth: GroundTruth) -> dict[str, float]:
     """``recovered_fraction`` (with ``_ci_low``/``_ci_high``), ``records_recovered``,
     ``site/<name>/recovered_fraction``, ``recovered_fraction_worst_site`` (the least exposed
@@ -52,6 +66,8 @@ def malicious_metrics(output, truth: GroundTruth) -> dict[str, float]:
         return out
     disc = output.disclosure or {}
     out["rounds_aborted"] = float(disc.get("rounds_aborted", 0))
+    if output.membership is not None:
+        out.update(site_membership_metrics(output.membership, output.membership_site, truth))
     if "records_claimed" in disc:
         out["records_claimed"] = float(disc["records_claimed"])
     got: dict[str, int] = {}
