@@ -8,7 +8,12 @@ Rows:
 3. ``model_inconsistency`` + ``tableak`` on the isolated hospital's update under secure
    aggregation, beside ``tableak`` on the same hospital's individual update without secure
    aggregation (the honest-but-curious server's best case), and under DP-SGD (ε = 4).
-4. ``model_check``: rounds aborted when the server is inconsistent (every round attacked)
+4. ``model_inconsistency``'s membership follow-up (``update_cosine``'s score on the isolated
+   update) under secure aggregation, beside ``update_cosine`` without secure aggregation on
+   the same seeds and splits, both on the target hospital's candidates (its members against
+   the non-members held out from it; for ``update_cosine`` the per-hospital exposure of
+   ``fairness``), and under DP-SGD (ε = 4).
+5. ``model_check``: rounds aborted when the server is inconsistent (every round attacked)
    and when it is honest.
 
 Intervals: per seed the metric's own 95 % interval (bootstrap over records; Wilson for
@@ -41,8 +46,9 @@ USUAL = {"local_epochs": 4, "batch_size": 4, "lr": 0.001}  # experiments/heart_d
 DPSGD = {"name": "dp_sgd", "target_epsilon": 4.0, "max_grad_norm": 1.0}
 
 
-def cell(attacks, defenses, train, seed, rounds=1):
+def cell(attacks, defenses, train, seed, rounds=1, fairness=None):
     raw = {
+        **({"fairness": fairness} if fairness else {}),
         "data": {"name": "heart_disease", "partition": "natural", "data_dir": DATA},
         "model": {"name": "mlp", "hidden": [32]},
         "train": {"rounds": rounds, "optimizer": "sgd", **train},
@@ -131,7 +137,43 @@ def main() -> None:
         "",
     ]
 
-    # 4: the client-side check
+    # 4: membership on the isolated update vs the honest-but-curious server's update_cosine
+    rows = []
+    mrounds = 3
+    fair = {"attributes": ["sex"], "bootstrap": 0}
+    for label, attack, defenses, prefix in [
+        ("update_cosine, no secure aggregation (honest-but-curious server)", {"name": "update_cosine"}, [],
+         "fairness/exposure/update_cosine/site/cleveland/"),
+        ("model_inconsistency + update_cosine, secure aggregation",
+         {"name": "model_inconsistency", "target": "cleveland", "inversion": "analytic", "rounds": list(range(1, mrounds + 1))},
+         [{"name": "secure_aggregation"}], "attack/model_inconsistency/"),
+        ("model_inconsistency + update_cosine, dp_sgd(ε=4) + secure aggregation",
+         {"name": "model_inconsistency", "target": "cleveland", "inversion": "analytic", "rounds": list(range(1, mrounds + 1))},
+         [DPSGD, {"name": "secure_aggregation"}], "attack/model_inconsistency/"),
+    ]:
+        per = [cell([attack], defenses, USUAL, s, rounds=mrounds, fairness=fair).metrics for s in seeds]
+        ci = "; ".join(f"{m[prefix + 'auc']:.3f} [{m[prefix + 'auc_ci_low']:.3f}, {m[prefix + 'auc_ci_high']:.3f}]" for m in per)
+        tpr = "; ".join(f"{m[prefix + 'tpr_at_fpr_0.01']:.3f} [{m[prefix + 'tpr_at_fpr_0.01_ci_low']:.3f}, {m[prefix + 'tpr_at_fpr_0.01_ci_high']:.3f}]"
+                        if prefix + "tpr_at_fpr_0.01" in m else "unsupported" for m in per)
+        rows.append(f"| {label} | {across([m[prefix + 'auc'] for m in per])} | {ci} | {tpr} | {int(per[0][prefix + 'members'])}/{int(per[0][prefix + 'nonmembers'])} "
+                    f"| {across([m.get('privacy/epsilon', np.nan) for m in per])} |")
+        print(rows[-1], flush=True)
+    lines += [
+        "## Model inconsistency followed by membership inference",
+        "",
+        f"Target: cleveland, rounds 1–{mrounds} all attacked, the suite's usual local training (4 epochs of batch 4, lr 0.001).",
+        "The malicious server scores every candidate with `update_cosine`'s score against the update it isolated from the secure sum;",
+        "the honest-but-curious server without secure aggregation runs `update_cosine` on every hospital's update. Both are scored on",
+        "cleveland's candidates: its members against the non-members held out from it (for `update_cosine`: `fairness/exposure/update_cosine/site/cleveland/...`).",
+        "Per seed: AUC with its 95 % bootstrap interval; TPR at 1 % FPR with its Clopper–Pearson interval.",
+        "",
+        "| attack, defenses | AUC (mean over seeds [95 % t]) | per-seed AUC [95 % bootstrap] | per-seed TPR at 1 % FPR [95 % CP] | members/non-members | ε |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *rows,
+        "",
+    ]
+
+    # 5: the client-side check
     attacked = cell([{"name": "model_inconsistency", "inversion": "analytic", "rounds": [1, 2, 3, 4]}],
                     [{"name": "secure_aggregation"}, {"name": "model_check"}], FEDSGD, 0, rounds=4)
     honest = cell([{"name": "analytic"}], [{"name": "secure_aggregation"}, {"name": "model_check"}], FEDSGD, 0, rounds=4)
