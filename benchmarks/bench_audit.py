@@ -103,11 +103,14 @@ def sweep(cells: list[tuple[str, dict]]) -> None:
 
 
 def cost(cells, repeats: int = 3) -> None:
-    """Training time of each cell with and without its audit (median of ``repeats``), with σ
-    fixed to the calibrated value so that the calibration's search is not timed."""
-    print(f"\n## Cost of the audit (same cell and seed, median of {repeats} runs; σ fixed, so calibration is not timed)\n")
-    print("| cell | training without audit (s) | training with canaries (s) | ratio | audit scoring (s) | (training + scoring) / training without |")
-    print("|---|---|---|---|---|---|")
+    """CPU seconds of each cell with and without its audit (median of ``repeats``, interleaved),
+    with σ fixed to the calibrated value so that the calibration's search is not timed. CPU
+    time of this process (``time.process_time``), not wall time: on a shared machine wall time
+    swings several-fold with the load, CPU time does not."""
+    print(f"\n## Cost of the audit (same cell and seed, median of {repeats} interleaved runs, CPU seconds; σ fixed)\n")
+    print("| cell | cell without audit (CPU s) | training with canaries (CPU s) | audit scoring (CPU s) | cell with audit (CPU s) | "
+          "training with ÷ without canaries | whole cell with ÷ without audit |")
+    print("|---|---|---|---|---|---|---|")
     for label, raw in cells:
         raw = copy.deepcopy(raw)
         d = raw["defenses"][0]
@@ -115,12 +118,19 @@ def cost(cells, repeats: int = 3) -> None:
             sigma = run({**raw, "attacks": []}).metrics["defense/dp_sgd/site/cleveland/noise_multiplier"]
             raw["defenses"] = [{**{k: v for k, v in d.items() if k != "target_epsilon"}, "noise_multiplier": sigma}]
         name = raw["attacks"][0]["name"]
-        plain = [run({**raw, "attacks": []}).metrics["cost/train_seconds"] for _ in range(repeats)]
-        audited = [run(raw).metrics for _ in range(repeats)]
-        t0 = statistics.median(plain)
-        t1 = statistics.median(m["cost/train_seconds"] for m in audited)
-        ta = statistics.median(m[f"cost/attack/{name}/seconds"] for m in audited)
-        print(f"| {label} | {t0:.2f} | {t1:.2f} | {t1 / t0:.2f}× | {ta:.2f} | {(t1 + ta) / t0:.2f}× |")
+        plain, audited = [], []
+        for _ in range(repeats):
+            for attacks, out in (([], plain), (raw["attacks"], audited)):
+                t = time.process_time()
+                res = run({**raw, "attacks": attacks})
+                out.append((time.process_time() - t, res.metrics))
+        c0 = statistics.median(c for c, _ in plain)
+        c1 = statistics.median(c for c, _ in audited)
+        # training share: the cell's own wall-time split applied to its CPU time
+        share = statistics.median(m["cost/train_seconds"] / m["cost/seconds"] for _, m in audited)
+        share0 = statistics.median(m["cost/train_seconds"] / m["cost/seconds"] for _, m in plain)
+        scoring = statistics.median(m[f"cost/attack/{name}/seconds"] / m["cost/seconds"] for _, m in audited) * c1
+        print(f"| {label} | {c0:.2f} | {share * c1:.2f} | {scoring:.2f} | {c1:.2f} | {share * c1 / (share0 * c0):.2f}× | {c1 / c0:.2f}× |")
         sys.stdout.flush()
 
 

@@ -60,7 +60,7 @@ def test_inversion_digits_row_reproduces_within_the_stated_tolerance():
     from bench.suite import filter_cells, load_suite
 
     script = load_script()
-    suite = filter_cells(load_suite(str(ROOT / "experiments" / "inversion.yaml"), []), "no defense · digits · data.members_per_site=1")
+    suite = filter_cells(load_suite(str(ROOT / "experiments" / "inversion.yaml"), []), "no defense · digits · members=1")
     assert len(suite.cells) == 1
     metrics = run_in_memory(suite.cells[0].config).metrics
     got = [numbers(c) for c in script.digits_cells(metrics)]

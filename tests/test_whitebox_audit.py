@@ -259,7 +259,8 @@ def test_an_audit_that_cannot_catch_a_bug_says_it_cannot_fail(heart_data_dir):
     rather than report a reassuring 'no violation'."""
     res = _cell("accountant_one_epoch", heart_data_dir)
     assert res.tags["audit_violation"] == "false"
-    assert res.tags["audit_verdict"] == "vacuous" and res.tags["audit_power"].startswith("vacuous")
+    # no certification possible (power ∞), though the uncertified tier may still see it: suspect, never violation
+    assert res.tags["audit_verdict"] in ("vacuous", "suspect") and res.tags["audit_power"].startswith("vacuous")
     assert res.metrics["audit/detectable_factor"] == float("inf")
     assert res.metrics["audit/max_certifiable_epsilon"] < res.metrics["audit/accountant_epsilon"]
 
