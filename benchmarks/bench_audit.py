@@ -107,7 +107,10 @@ def cost(cells, repeats: int = 3) -> None:
     with σ fixed to the calibrated value so that the calibration's search is not timed. CPU
     time of this process (``time.process_time``), not wall time: on a shared machine wall time
     swings several-fold with the load, CPU time does not."""
-    print(f"\n## Cost of the audit (same cell and seed, median of {repeats} interleaved runs, CPU seconds; σ fixed)\n")
+    import torch
+
+    torch.set_num_threads(1)  # one thread: CPU time then counts work, not threads spinning on a loaded machine
+    print(f"\n## Cost of the audit (same cell and seed, median of {repeats} interleaved runs, CPU seconds, one thread; σ fixed)\n")
     print("| cell | cell without audit (CPU s) | training with canaries (CPU s) | audit scoring (CPU s) | cell with audit (CPU s) | "
           "training with ÷ without canaries | whole cell with ÷ without audit |")
     print("|---|---|---|---|---|---|---|")
