@@ -131,8 +131,10 @@ def profile_rejected(profile: tuple[np.ndarray, np.ndarray], m: int, r: int, v: 
     conversely."""
     eps, deltas = profile
 
-    def psi(y):
-        return np.max([stats.dp_inverse_blow_up(y, e, d) for e, d in zip(eps, deltas)], axis=0)
+    def psi(y):  # the pointwise maximum of every claimed pair's ψ, all pairs in one broadcast
+        y = np.asarray(y, dtype=float)
+        shape = (-1,) + (1,) * y.ndim
+        return np.max(stats.dp_inverse_blow_up(y[None, ...], eps.reshape(shape), deltas.reshape(shape)), axis=0)
 
     return bool(stats.fdp_rejects(psi, m, r, v, level))
 
