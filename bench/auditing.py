@@ -243,8 +243,6 @@ def audit_metrics(
             if stepwise not in powers:
                 powers[stepwise] = power_metrics(output, events, obs, profile, eps, delta, accountant, rng)
             s.update(powers[stepwise])
-        if not math.isfinite(s.get("detectable_factor", math.nan)) and s["max_certifiable_epsilon"] <= eps:
-            s["detectable_factor"] = math.inf  # even every guess right could not contradict the claim
         if ceil is not None:
             s["ceiling_epsilon_lower_bound"] = ceil["epsilon_lower_bound"]
             s["ceiling_epsilon_lower_bound_steinke"] = ceil["epsilon_lower_bound_steinke"]
@@ -252,6 +250,8 @@ def audit_metrics(
             s["bound_to_ceiling"] = _ratio(s["epsilon_lower_bound"], ceil["epsilon_lower_bound"])
         if profile is not None:
             s.update(claim_test(scores, included, profile, output.p_value, output.guess_counts))
+        if math.isnan(s.get("detectable_factor", math.nan)) and cannot_contradict(s, eps):
+            s["detectable_factor"] = math.inf
         s["bound_to_accountant"] = _ratio(s["epsilon_lower_bound"], eps)
         s["estimate_to_accountant"] = _ratio(s["epsilon_estimate"], eps)
         # the uncertified tier: the estimate's lower 95 % end above the claim
@@ -275,6 +275,13 @@ def no_power(factor: float) -> bool:
     """Whether a ``detectable_factor`` read back means "vacuous": infinite, or MLflow's stand-in
     for it (its SQL stores store ±inf as ±max float)."""
     return math.isinf(factor) or factor >= 1e300
+
+
+def cannot_contradict(summary: Mapping[str, float], eps: float) -> bool:
+    """Whether even every guess right could not contradict the claim (an audit with no idealized
+    model then has no power: vacuous): its maximum certifiable ε is at most ``eps`` and every
+    guess right would not reject the claimed profile either."""
+    return summary["max_certifiable_epsilon"] <= eps and not summary.get("claim_rejectable", 0.0) > 0
 
 
 def power_words(factor: float, epsilon_ratio: float) -> str:
@@ -320,9 +327,9 @@ def audit_verdict(per_audit: Mapping[str, Mapping[str, float]], observations: Ma
             continue
         comparable = True
         k = m.get("detectable_factor", math.nan)
-        if math.isnan(k) and all(m[f"{o}/max_certifiable_epsilon"] <= eps and not m.get(f"{o}/claim_rejectable", 0.0) > 0
+        if math.isnan(k) and all(cannot_contradict({k2[len(o) + 1:]: v for k2, v in m.items() if k2.startswith(f"{o}/")}, eps)
                                  for o in observations[name]):
-            k = math.inf  # no idealized model, but even every guess right could not contradict the claim
+            k = math.inf
         if not math.isnan(k) and (math.isnan(best_power) or k < best_power):
             best_power, best_ratio = k, m.get("detectable_epsilon_ratio", math.nan)
         for o, b in bounds.items():
