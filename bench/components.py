@@ -41,7 +41,8 @@ def placeholder_info(cfg):
 
     ds = registry("dataset").get(cfg.data.name)
     modality = getattr(ds, "modality", "tabular")
-    shape = tuple(getattr(ds, "image_shape", (1, 8, 8))) if modality == "image" else (4,)
+    shape_of = getattr(ds, "image_shape_of", None)  # a collection whose shape the config decides (images)
+    shape = (tuple(shape_of(cfg.data)) if shape_of else tuple(getattr(ds, "image_shape", (1, 8, 8)))) if modality == "image" else (4,)
     return DatasetInfo(name=cfg.data.name, input_shape=shape, num_classes=2, modality=modality)
 
 

@@ -48,6 +48,9 @@ class DataConfig:
         drop_columns: CSV columns not read at all.
         positive_labels: label values that become class 1 (the rest class 0), as the CSV writes them.
         multiclass: keep every label value as its own class (instead of ``positive_labels``).
+        path_column: the image manifest's column holding each image's file (relative to the manifest's folder).
+        image_size: ``[height, width]`` every image is resized to (bilinear); null: the images' own size, which must be the same for all.
+        image_mode: ``gray`` (1 channel) or ``rgb`` (3 channels), whatever the files store.
     """
 
     name: str = "breast_cancer"
@@ -78,6 +81,11 @@ class DataConfig:
     drop_columns: tuple[str, ...] = ()
     positive_labels: tuple[Any, ...] = ()  # text or numbers, as written in the CSV (checked by the csv dataset)
     multiclass: bool = False
+    # images only (docs/images.md): a folder (<label>/<file> or <site>/<label>/<file>) or a manifest
+    # (CSV/Parquet: path, label, optional site and subgroup columns); pixels are scaled to [0, 1]
+    path_column: str = "path"
+    image_size: Optional[tuple[int, ...]] = None
+    image_mode: Literal["gray", "rgb"] = "gray"
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from bench.types import ConfigError, DatasetInfo, Federation, GroundTruth, Recor
 
 DATASETS: Registry = Registry("dataset")
 
-from bench.data import csv_data, heart_disease, sklearn_sets  # noqa: E402,F401  (registration)
+from bench.data import csv_data, heart_disease, images, sklearn_sets  # noqa: E402,F401  (registration)
 from bench.data.csv_data import CsvReport, csv_report, describe_csv  # noqa: E402,F401  (for `validate --data`)
 
 

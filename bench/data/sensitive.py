@@ -71,12 +71,14 @@ def sensitive_attributes(raw: RawData, fairness) -> tuple[SensitiveAttribute, ..
         raise ConfigError(
             f"fairness: {raw.name!r} has {raw.num_classes} classes; the fairness metrics (TPR, FPR, equalized odds) need a binary label"
         )
-    check_attributes(raw.name, raw.columns, fairness)
-    names = [c.name for c in raw.columns]
+    image = raw.image_shape is not None  # an image's attributes are the manifest's columns, never model inputs
+    columns, table = (raw.meta_columns, raw.meta) if image else (raw.columns, raw.x)
+    check_attributes(raw.name, columns if columns else None, fairness)
+    names = [c.name for c in columns]
     out = []
     for a in fairness.attributes:
         j = names.index(a.name)
-        col, v = raw.columns[j], raw.x[:, j]
+        col, v = columns[j], table[:, j]
         codes = np.full(len(v), -1, dtype=np.int64)
         ok = ~np.isnan(v)
         if a.bands:
@@ -88,13 +90,13 @@ def sensitive_attributes(raw: RawData, fairness) -> tuple[SensitiveAttribute, ..
                 codes[ok & (v == c)] = k
         if len(set(labels)) != len(labels):
             raise ConfigError(f"fairness.attributes.{a.name}: two categories read the same once made MLflow-safe ({labels}); rename them")
-        out.append(SensitiveAttribute(name=safe_label(a.name), groups=labels, codes=codes, model_input=a.input))
+        out.append(SensitiveAttribute(name=safe_label(a.name), groups=labels, codes=codes, model_input=a.input and not image))
     return tuple(out)
 
 
 def hold_out(raw: RawData, fairness) -> RawData:
     """``raw`` without the columns of attributes held out of the features (``input: false``)."""
-    if fairness is None:
+    if fairness is None or raw.image_shape is not None:  # images: subgroup columns are never among the pixels
         return raw
     drop = {a.name for a in fairness.attributes if not a.input}
     if not drop:

@@ -29,6 +29,9 @@ class RawData:
         y: integer class labels.
         site: hospital index per record for datasets with natural sites, else ``None``.
         site_names: names of the natural sites.
+        meta_columns, meta: per-record attributes that are not model inputs (an image manifest's
+            subgroup columns, ``(n, len(meta_columns))``, NaN = missing); read only as sensitive
+            attributes (``fairness.attributes``).
     """
 
     name: str
@@ -41,6 +44,8 @@ class RawData:
     site_names: tuple[str, ...] = ()
     class_names: tuple[str, ...] = ()
     image_scale: float = 1.0
+    meta_columns: tuple[Column, ...] = ()
+    meta: Optional[np.ndarray] = None
 
 
 @dataclass(frozen=True)
