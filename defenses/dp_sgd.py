@@ -35,6 +35,7 @@ from bench.types import ConfigError, DPEvent, LocalResult, safe_label
 from defenses.base import DEFENSES, Defense, FederationFacts
 
 log = logging.getLogger(__name__)
+_FALLBACKS_TOLD: set[str] = set()  # engine fallbacks already warned about in this process
 
 # Opacus's backward hooks fire with no input requiring grad (the data never does); torch warns
 # on every step although the per-sample gradients are correct (checked in tests/test_dp_sgd.py).
@@ -302,7 +303,9 @@ class DPTrainer:
                 if grad_sample_mode == "engine":
                     raise ConfigError(f"defenses.dp_sgd.grad_sample_mode: 'engine' cannot run this model: {exc}; use ew or hooks") from None
                 self.fallback_reason = str(exc)
-                log.warning("dp_sgd: %s; using Opacus (grad_sample_mode ew) for this model", exc)
+                if self.fallback_reason not in _FALLBACKS_TOLD:  # once per process and reason, not per hospital and reference
+                    _FALLBACKS_TOLD.add(self.fallback_reason)
+                    log.warning("dp_sgd: %s; using Opacus (grad_sample_mode ew) for this model (tag dp_sgd_per_sample)", exc)
                 grad_sample_mode = "ew"
         self.grad_sample_mode = "engine" if self.program is not None else grad_sample_mode  # the mode in use
         if self.program is not None:
@@ -814,7 +817,9 @@ class DPSGD(Defense):
         )
 
     def tags(self) -> dict[str, str]:
-        out = {}
+        modes = sorted({t.grad_sample_mode for t in self.trainers.values()})
+        # where the per-sample gradients came from: privbench's engine, or Opacus (a user model the engine cannot compile)
+        out = {"dp_sgd_per_sample": ", ".join("bench.engine" if m == "engine" else f"opacus {m}" for m in modes)} if modes else {}
         fell_back = {s: t.fallback_reason for s, t in self.trainers.items() if t.fallback_reason}
         if fell_back:  # grad_sample_mode auto on a model the engine cannot compile: Opacus ew ran
             site, why = next(iter(sorted(fell_back.items())))

@@ -84,7 +84,7 @@ def test_zero_noise_infinite_clip_equals_no_defense_in_the_federation(tiny_cfg):
     b = run_federated(fed, initial, [dp], tiny_cfg.train, tiny_cfg.privacy, Seeds(0), evaluate=False)
     torch.testing.assert_close(b.final_params, a.final_params, rtol=1e-5, atol=1e-6)
     assert b.dp_events == ()  # shuffle sampling claims no epsilon
-    assert dp.tags() == {"dp_sgd_sampling": "shuffle"}
+    assert dp.tags() == {"dp_sgd_sampling": "shuffle", "dp_sgd_per_sample": "bench.engine"}
 
 
 def test_poisson_zero_noise_is_plain_sgd_on_the_same_poisson_batches():

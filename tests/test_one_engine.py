@@ -112,12 +112,19 @@ def _odd_model_trainer(mode: str) -> DPTrainer:
 
 
 def test_a_model_the_engine_cannot_compile_falls_back_visibly_or_is_refused(caplog):
+    import defenses.dp_sgd
+
+    defenses.dp_sgd._FALLBACKS_TOLD.clear()  # warned once per process and reason: forget earlier tests' warnings
     with caplog.at_level(logging.WARNING, logger="defenses.dp_sgd"):
         t = _odd_model_trainer("auto")
     assert t.grad_sample_mode == "ew" and "_Residual" in t.fallback_reason and "Opacus" in caplog.text
     d = DPSGD(DPSGD.Params(noise_multiplier=1.0))
     d.trainers["a"] = t
-    assert "_Residual" in d.tags()["dp_sgd_engine_fallback"]
+    assert "_Residual" in d.tags()["dp_sgd_engine_fallback"] and d.tags()["dp_sgd_per_sample"] == "opacus ew"
+    with caplog.at_level(logging.WARNING, logger="defenses.dp_sgd"):
+        caplog.clear()
+        _odd_model_trainer("auto")  # a second hospital (or reference) with the same model: no second warning
+    assert "Opacus" not in caplog.text
     with pytest.raises(ConfigError, match="_Residual"):
         _odd_model_trainer("engine")
 
