@@ -22,8 +22,16 @@ def input_layer(fm: FlatModel, info: DatasetInfo) -> tuple[tuple[int, int], tupl
         if not own:
             continue
         if not isinstance(mod, torch.nn.Linear) or mod.bias is None or mod.in_features != info.num_inputs:
+            if not isinstance(mod, torch.nn.Linear):
+                what = type(mod).__name__
+            elif mod.bias is None:
+                what = "Linear without bias"
+            else:  # e.g. a layer applied to parts of the record (tokens, visits): it never sees a whole record
+                what = f"Linear on {mod.in_features} inputs, not on the whole record"
+            named = f" ({prefix})" if prefix and not prefix.isdigit() else ""
             raise ConfigError(
-                f"model: the first layer is {type(mod).__name__}; the analytic attack needs a fully connected input layer with bias (use logreg or mlp)"
+                f"model: the first layer with parameters{named} is {what}; the analytic attack needs a fully connected input layer "
+                "with bias that sees the whole record (use logreg or mlp, or a gradient-matching attack: inverting_gradients, dlg)"
             )
         off = fm.offsets()
         pre = f"{prefix}." if prefix else ""
