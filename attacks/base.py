@@ -60,13 +60,14 @@ def per_example_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, b
     return torch.cat(out) if out else torch.empty(0)
 
 
-def reference_signals(view, attack: str, k: int):
-    """The outsider view's per-record signals of ``k`` reference federations (LiRA, RMIA)."""
+def reference_signals(view, attack: str, k: int, design: str = "paired"):
+    """The outsider view's per-record signals of ``k`` reference federations (LiRA, RMIA),
+    their training sets drawn with ``design`` (``bench.reference.reference_splits``)."""
     from bench.types import ConfigError
 
     if view.reference_signals is None:
         raise ConfigError(f"attacks.{attack}: this outsider view cannot train reference federations")
-    return view.reference_signals(k)
+    return view.reference_signals(k) if design == "paired" else view.reference_signals(k, design)
 
 
 def candidate_scores(sig, scores: np.ndarray, view, extras: dict):

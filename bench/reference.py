@@ -249,21 +249,40 @@ def train_many(
 # --------------------------------------------------------------------------- splits and signals
 
 
-def reference_splits(n: int, site_sizes: Mapping[str, int], k: int, rng: np.random.Generator) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+REFERENCE_DESIGNS = ("paired", "independent")
+
+
+def reference_splits(
+    n: int, site_sizes: Mapping[str, int], k: int, rng: np.random.Generator, design: str = "paired"
+) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
     """K random training sets drawn from ``n`` population records, each cut into hospitals of
-    ``site_sizes``; references come in complementary pairs so that each record is "in" for
-    about half of them (exactly half when the hospitals hold n/2 records, as in LiRA).
+    ``site_sizes`` (every reference holds as many records as the target).
+
+    ``design``:
+
+    * ``"paired"``: complementary pairs (reference 2i+1 trains on what 2i left out), so each
+      record is "in" for exactly half of the references when the hospitals hold n/2 records.
+      The two models of a pair see complementary data (label balance, neighbours), so their
+      signals on the same record are negatively correlated (−0.6 on heart disease,
+      ``docs/bench-membership.md``): good for an average over all references (RMIA's p(x)),
+      bad for a difference of "in" and "out" means (LiRA's), whose variance it inflates.
+    * ``"independent"``: each reference draws its own random subset (SACRO-ML's and the LiRA
+      paper's shadow models): a record is "in" for Binomial(K, total/n) references.
 
     Returns ``(splits, included)``: per reference, hospital -> population indices, and the
     ``(K, n)`` inclusion mask.
     """
+    if design not in REFERENCE_DESIGNS:
+        raise ConfigError(f"reference_design: got {design!r}; use one of {', '.join(REFERENCE_DESIGNS)}")
     total = sum(site_sizes.values())
     if total > n:
         raise ConfigError(f"reference models: hospitals hold {total} records but the population has {n}; use more population data")
     splits, included = [], np.zeros((k, n), bool)
     perm = None
     for i in range(k):
-        if i % 2 == 0:
+        if design == "independent":
+            chosen = rng.permutation(n)[:total]
+        elif i % 2 == 0:
             perm = rng.permutation(n)
             chosen = perm[:total]
         else:
@@ -321,19 +340,24 @@ class ReferenceCache:
         self.simulate_many = simulate_many
         self.simulate = simulate
         self.fallback_reason = fallback_reason
-        self.cache: dict[int, ReferenceSignals] = {}
+        self.cache: dict[tuple[int, str], ReferenceSignals] = {}
 
-    def __call__(self, num_references: int) -> ReferenceSignals:
+    def __call__(self, num_references: int, design: str = "paired") -> ReferenceSignals:
+        """The signals of ``num_references`` references drawn with ``design`` (see
+        :func:`reference_splits`), trained on the first request and kept for the cell."""
         if num_references < 1:
             raise ConfigError(f"num_references: got {num_references}; need at least 1 (16 is typical)")
-        if num_references not in self.cache:
-            self.cache[num_references] = self._compute(num_references)
-        return self.cache[num_references]
+        key = (num_references, design)
+        if key not in self.cache:
+            self.cache[key] = self._compute(num_references, design)
+        return self.cache[key]
 
-    def _compute(self, k: int) -> ReferenceSignals:
+    def _compute(self, k: int, design: str = "paired") -> ReferenceSignals:
         pop = self.population
         seeds = Seeds(self.seed)
-        splits, included = reference_splits(len(pop), self.site_sizes, k, seeds.rng("reference", "splits", k))
+        # the paired design keeps its stream (and so its numbers); the independent one has its own
+        stream = ("reference", "splits", k) if design == "paired" else ("reference", "splits", k, design)
+        splits, included = reference_splits(len(pop), self.site_sizes, k, seeds.rng(*stream), design)
         site_records = [{name: pop.take(ix) for name, ix in split.items()} for split in splits]
         ref_seeds = [seeds.int_seed("reference", "federation", i) for i in range(k)]
         t0 = time.perf_counter()
@@ -347,26 +371,31 @@ class ReferenceCache:
         else:
             raise ConfigError("reference models: this view cannot simulate the federation; use an attack without references")
         seconds = time.perf_counter() - t0
-        log.info("reference models: K=%d federations in %.2fs (%s)", k, seconds, method)
+        log.info("reference models: K=%d federations (%s) in %.2fs (%s)", k, design, seconds, method)
         model = self.model_fn()
         phi_ref = logit_confidence(model, params, pop.x, pop.y).numpy().astype(np.float64)
         phi_t = logit_confidence(model, self.final_params, pop.x, pop.y)[0].numpy().astype(np.float64)
         return ReferenceSignals(ids=pop.ids.copy(), target=phi_t, reference=phi_ref, included=included, seconds=seconds, method=method)
 
+    @staticmethod
+    def _name(k: int, design: str) -> str:
+        # the paired design keeps the names it shipped with (K16); the independent one is K16_independent
+        return f"K{k}" if design == "paired" else f"K{k}_{design}"
+
     def artifacts(self) -> dict[str, bytes]:
-        """``reference/signals_K<k>.npz`` for every K computed in this cell."""
+        """``reference/signals_K<k>[_independent].npz`` for every (K, design) computed in this cell."""
         out = {}
-        for k, s in self.cache.items():
+        for (k, design), s in self.cache.items():
             buf = io.BytesIO()
             np.savez_compressed(buf, ids=s.ids, target=s.target, reference=s.reference, included=s.included, seconds=s.seconds)
-            out[f"reference/signals_K{k}.npz"] = buf.getvalue()
+            out[f"reference/signals_{self._name(k, design)}.npz"] = buf.getvalue()
         return out
 
     def metrics(self) -> dict[str, float]:
         out = {}
-        for k, s in self.cache.items():
-            out[f"cost/reference/K{k}/seconds"] = s.seconds
-            out[f"cost/reference/K{k}/vectorized"] = float(s.method == "vectorized")
+        for (k, design), s in self.cache.items():
+            out[f"cost/reference/{self._name(k, design)}/seconds"] = s.seconds
+            out[f"cost/reference/{self._name(k, design)}/vectorized"] = float(s.method == "vectorized")
         return out
 
 

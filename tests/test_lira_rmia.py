@@ -22,7 +22,7 @@ from bench.metrics import membership_metrics
 from bench.models import build_model
 from bench.reference import ReferenceCache, reference_splits, train_many
 from bench.seeding import Seeds
-from bench.types import DatasetInfo, Federation, OutsiderView, Records, Site
+from bench.types import ConfigError, DatasetInfo, Federation, OutsiderView, Records, Site
 from conftest import tiny_raw
 
 INFO = DatasetInfo(name="noise", input_shape=(12,), num_classes=2)
@@ -121,12 +121,12 @@ def test_cell_logs_signals_once_and_roc_artifacts(caplog):
     from bench.runner import run_cell
     from bench.tracking import MemoryCellLog
 
-    raw = tiny_raw(attacks=[{"name": "lira", "num_references": 4}, {"name": "rmia", "num_references": 4}])
+    raw = tiny_raw(attacks=[{"name": "lira", "num_references": 4, "reference_design": "paired"}, {"name": "rmia", "num_references": 4}])
     out = MemoryCellLog("x", {})
     with caplog.at_level("INFO", logger="bench.reference"):
         m = run_cell(parse_experiment(raw), out).metrics
     assert caplog.text.count("reference models: K=4 federations") == 1  # trained once, shared by both attacks
-    assert m["cost/reference/K4/vectorized"] == 1.0
+    assert m["cost/reference/K4/vectorized"] == 1.0 and "cost/reference/K4_independent/seconds" not in m
     for name in ("lira", "rmia"):
         assert f"attacks/{name}/roc_loglog.png" in out.artifacts and f"attacks/{name}/scores.npz" in out.artifacts
         assert m[f"attack/{name}/tpr_at_fpr_0.01_ci_low"] <= m[f"attack/{name}/tpr_at_fpr_0.01"] <= m[f"attack/{name}/tpr_at_fpr_0.01_ci_high"]
@@ -136,6 +136,40 @@ def test_cell_logs_signals_once_and_roc_artifacts(caplog):
     assert sig["reference"].shape == (4, len(sig["ids"])) and sig["included"].dtype == bool
 
 
+def test_lira_defaults_to_independent_references_and_rmia_keeps_the_pairs(caplog):
+    """LiRA's default design (independent halves) and RMIA's (complementary pairs) are two sets
+    of references in one cell, each logged under its own name; the paired one keeps K<k>."""
+    from bench.runner import run_cell
+    from bench.tracking import MemoryCellLog
+
+    raw = tiny_raw(attacks=[{"name": "lira", "num_references": 4}, {"name": "rmia", "num_references": 4}])
+    out = MemoryCellLog("x", {})
+    with caplog.at_level("INFO", logger="bench.reference"):
+        m = run_cell(parse_experiment(raw), out).metrics
+    assert caplog.text.count("reference models: K=4 federations (independent)") == 1
+    assert caplog.text.count("reference models: K=4 federations (paired)") == 1
+    assert m["cost/reference/K4/vectorized"] == 1.0 and m["cost/reference/K4_independent/vectorized"] == 1.0
+    assert {"reference/signals_K4.npz", "reference/signals_K4_independent.npz"} <= set(out.artifacts)
+
+
+def test_reference_designs_draw_what_they_claim():
+    sizes = {"a": 30, "b": 20}
+    paired, inc_p = reference_splits(100, sizes, 8, np.random.default_rng(0))
+    again, inc_again = reference_splits(100, sizes, 8, np.random.default_rng(0), "paired")
+    assert np.array_equal(inc_p, inc_again) and all(np.array_equal(x["a"], y["a"]) for x, y in zip(paired, again))  # the default
+    assert (inc_p[0::2] == ~inc_p[1::2]).all()  # complementary pairs
+    splits, inc = reference_splits(100, sizes, 64, np.random.default_rng(0), "independent")
+    assert inc.sum(1).tolist() == [50] * 64 and [len(s["b"]) for s in splits] == [20] * 64  # the target's sizes
+    assert not (inc[0::2] == ~inc[1::2]).all(axis=1).any()  # no reference is another's complement
+    counts = inc.sum(0)  # Binomial(64, 1/2) per record: mean 32, sd 4
+    assert counts.min() < 32 < counts.max() and abs(counts.mean() - 32) < 1e-9  # each reference holds exactly half
+    assert 2.5 < counts.std() < 5.5
+    # the references of different records are independent: no pair of references shares its split
+    assert len({tuple(np.flatnonzero(r)) for r in inc}) == 64
+    with pytest.raises(ConfigError, match="reference_design: got 'halves'"):
+        reference_splits(100, sizes, 8, np.random.default_rng(0), "halves")
+
+
 def test_unvectorisable_defense_falls_back_to_sequential(caplog):
     raw = tiny_raw(attacks=[{"name": "lira", "num_references": 2}], defenses=[{"name": "dp_sgd", "noise_multiplier": 1.0, "sampling": "shuffle"}])
     from bench.runner import run_in_memory
@@ -143,7 +177,7 @@ def test_unvectorisable_defense_falls_back_to_sequential(caplog):
     with caplog.at_level("WARNING", logger="bench.reference"):
         m = run_in_memory(parse_experiment(raw)).metrics
     assert "sequentially (dp_sgd with sampling=shuffle)" in caplog.text
-    assert m["cost/reference/K2/vectorized"] == 0.0
+    assert m["cost/reference/K2_independent/vectorized"] == 0.0  # lira: independent references by default
 
 
 def test_a_defense_class_without_a_stacked_form_is_refused_by_name():

@@ -94,6 +94,10 @@ class RMIA(Attack):
     ``num_z`` z-samples (drawn from the population) it dominates. Offline mode (only "out"
     references) uses p(x) ≈ ½((1+a)·p_out(x) + (1−a)); ``a: null`` calibrates ``a`` on the
     reference models themselves.
+
+    ``reference_design``: ``paired`` (default; complementary pairs, whose negatively correlated
+    signals make the mean over all references, p(x), less noisy) or ``independent`` (the design
+    ``lira`` uses by default; sharing it saves one set of reference federations per cell).
     """
 
     name = "rmia"
@@ -106,6 +110,7 @@ class RMIA(Attack):
         gamma: float = field(default=1.0, metadata={"gt": 0})
         num_z: int = field(default=1000, metadata={"ge": 1})
         a: Optional[float] = field(default=None, metadata={"ge": 0, "le": 1})
+        reference_design: Literal["paired", "independent"] = "paired"
 
     @classmethod
     def check(cls, params, cfg) -> None:
@@ -117,7 +122,7 @@ class RMIA(Attack):
         return f"rmia({params.mode},K={params.num_references})"
 
     def run(self, view: OutsiderView, rng: np.random.Generator) -> MembershipScores:
-        sig = reference_signals(view, "rmia", self.params.num_references)
+        sig = reference_signals(view, "rmia", self.params.num_references, self.params.reference_design)
         n = len(sig.ids)
         z_index = np.sort(rng.choice(n, min(self.params.num_z, n), replace=False))
         online = self.params.mode == "online"
