@@ -411,44 +411,46 @@ def placeholder_shape(d) -> tuple[int, int, int]:
         return (channels, 8, 8)
 
 
+class ImageCollection:
+    """Your own images (PNG/JPEG): a folder (<label>/<file> or <site>/<label>/<file>) or a manifest
+    CSV/Parquet (path, label, optional site and subgroup columns); pixels scaled to [0, 1] (docs/images.md)."""
+
+    modality = "image"
+    own_data_keys = ("path", "site_column", "label_column", "path_column", "image_size", "image_mode")
+
+    @staticmethod
+    def check(cfg) -> None:
+        check_config(cfg.data)
+
+    @staticmethod
+    def load(cfg) -> RawData:
+        return load_images(cfg)
+
+    @staticmethod
+    def fingerprint(cfg) -> str:
+        return fingerprint(cfg)
+
+    @staticmethod
+    def display_name(cfg) -> str:
+        return display_name(cfg)
+
+    @staticmethod
+    def describe(cfg, seed: int = 0) -> str:
+        return describe_images(cfg, seed)
+
+    @staticmethod
+    def site_names(cfg) -> None:
+        return None  # the folder's or manifest's hospitals: known once it is read
+
+    @staticmethod
+    def image_shape_of(cfg) -> tuple[int, int, int]:
+        return placeholder_shape(cfg)
+
+
 def _register():
-    from bench.data import DATASETS
+    from bench.registry import DATASETS
 
-    @DATASETS.register("images")
-    class ImageCollection:
-        """Your own images (PNG/JPEG): a folder (<label>/<file> or <site>/<label>/<file>) or a manifest
-        CSV/Parquet (path, label, optional site and subgroup columns); pixels scaled to [0, 1] (docs/images.md)."""
-
-        modality = "image"
-        own_data_keys = ("path", "site_column", "label_column", "path_column", "image_size", "image_mode")
-
-        @staticmethod
-        def check(cfg) -> None:
-            check_config(cfg.data)
-
-        @staticmethod
-        def load(cfg) -> RawData:
-            return load_images(cfg)
-
-        @staticmethod
-        def fingerprint(cfg) -> str:
-            return fingerprint(cfg)
-
-        @staticmethod
-        def display_name(cfg) -> str:
-            return display_name(cfg)
-
-        @staticmethod
-        def describe(cfg, seed: int = 0) -> str:
-            return describe_images(cfg, seed)
-
-        @staticmethod
-        def site_names(cfg) -> None:
-            return None  # the folder's or manifest's hospitals: known once it is read
-
-        @staticmethod
-        def image_shape_of(cfg) -> tuple[int, int, int]:
-            return placeholder_shape(cfg)
+    DATASETS.register("images")(ImageCollection)
 
 
 _register()
