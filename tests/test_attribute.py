@@ -177,3 +177,23 @@ def test_bad_attributes_are_refused_in_one_line(attrs, pattern):
 def test_duplicate_attributes_are_refused_at_load_time():
     with pytest.raises(ConfigError, match="listed twice"):
         ATTACKS.get("attribute_inference").check(ATTACKS.get("attribute_inference").Params(attributes=(Target("sex"), Target("sex"))), None)
+
+
+def test_an_attribute_the_data_lacks_is_refused_when_the_data_is_loaded(tmp_path):
+    """``validate --data`` (and ``run``, before it logs anything) names the missing feature, the
+    closest one, and exits 2 without a traceback."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(
+        "suite: attrbad\nbase:\n  data: {name: breast_cancer, partition: iid, num_sites: 2}\n  model: {name: mlp, hidden: [16]}\n"
+        "  train: {rounds: 1}\n  attacks: [{name: attribute_inference_server, attributes: [{name: mean_radiuss, bands: [10]}]}]\n"
+        "variants:\n  - {defenses: []}\nseeds: [0]\n")
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", "bench", "validate", str(suite), "--data"], capture_output=True, text=True,
+                         cwd=repo, timeout=600)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "attacks.attribute_inference_server.attributes[0].name: 'mean_radiuss' is not a feature of breast_cancer " \
+           "(did you mean 'mean_radius'?)" in out.stderr

@@ -88,6 +88,13 @@ class AttributeInference(Attack):
             raise ConfigError("attacks.attribute_inference.confidence_threshold: set only with dont_know: true (it is the rule's threshold)")
 
     @classmethod
+    def check_against(cls, params, cfg, fed) -> None:
+        """Once the data is loaded (``validate --data``, and ``run`` before it logs anything):
+        every attribute is a feature of the data, with bands that fit its kind."""
+        for i, target in enumerate(params.attributes):
+            feature_of(fed.info, target, f"attacks.{cls.name}.attributes[{i}]")
+
+    @classmethod
     def label(cls, params) -> str:
         return "attribute_inference(" + ",".join(t.name for t in params.attributes) + ")"
 

@@ -48,7 +48,12 @@ def feature_of(info: DatasetInfo, target: Target, where: str) -> Feature:
     """The dataset feature ``target`` names, checked against its kind."""
     by_name = {f.name: f for f in info.features}
     if target.name not in by_name:
-        raise ConfigError(f"{where}.name: {target.name!r} is not a feature of {info.name}; features: {', '.join(by_name) or 'none (not tabular)'}")
+        import difflib
+
+        close = difflib.get_close_matches(str(target.name), list(by_name), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{where}.name: {target.name!r} is not a feature of {info.name}{hint}; "
+                          f"features: {', '.join(by_name) or 'none (not tabular)'}")
     feat = by_name[target.name]
     if feat.kind == "continuous" and not target.bands:
         raise ConfigError(f"{where}.bands: {target.name!r} is continuous; give cut points, e.g. {{name: {target.name}, bands: [55]}}")

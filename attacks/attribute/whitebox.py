@@ -55,6 +55,10 @@ class ServerAttributeInference(Attack):
         AttributeInference.check.__func__(cls, params, cfg)  # the same refusals, named after this attack
 
     @classmethod
+    def check_against(cls, params, cfg, fed) -> None:
+        AttributeInference.check_against.__func__(cls, params, cfg, fed)
+
+    @classmethod
     def label(cls, params) -> str:
         return "attribute_inference_server(" + ",".join(t.name for t in params.attributes) + ")"
 
