@@ -578,7 +578,7 @@ class DPSGD(Defense):
     Hides nothing: the server still sees each (noisy) update.
 
     Set exactly one of ``noise_multiplier`` and ``target_epsilon``. With ``target_epsilon``
-    σ is calibrated per hospital (Opacus ``get_noise_multiplier``) for the steps it would
+    σ is calibrated per hospital (Opacus ``get_noise_multiplier``'s answer, found by ``bench.accounting.noise_multiplier_for``) for the steps it would
     take if it joined *every* round: when fewer hospitals are sampled per round the realised
     ε is lower than the target (conservative; site sampling is not counted as amplification).
 
@@ -694,7 +694,7 @@ class DPSGD(Defense):
         for name, n in facts.site_sizes.items():
             delta = facts.delta if facts.delta is not None else default_delta(n)
             if _surely_reachable(params.target_epsilon, delta, t.rounds * steps_per_round(n, t.batch_size, t.local_epochs), facts.accountant):
-                continue  # the common case, without the search (~0.5 s per hospital and seed)
+                continue  # the common case, without the search (cheap now: bench.accounting.noise_multiplier_for, milliseconds under RDP; PRV slower)
             try:
                 with warnings.catch_warnings():  # Opacus warns about its alpha range while it searches
                     warnings.simplefilter("ignore")
