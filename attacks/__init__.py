@@ -1,12 +1,18 @@
-"""Attacks: membership inference, gradient inversion, audits; registered in :data:`ATTACKS`."""
+"""Attacks: membership inference, gradient inversion, audits; registered in :data:`ATTACKS` (``bench.registry``).
 
-from attacks.base import ATTACKS, Attack  # noqa: F401
-from attacks.membership import loss_threshold  # noqa: F401,E402  (registration)
-from attacks.membership import lira, rmia, source_inference, update_cosine  # noqa: F401,E402  (registration)
-from attacks.membership import peer_fedmia  # noqa: F401,E402  (registration)
-from attacks.audit import canary, whitebox  # noqa: F401,E402  (registration)
-from attacks.inversion import analytic, dlg, inverting_gradients, tableak  # noqa: F401,E402  (registration)
-from attacks.attribute import blackbox, whitebox  # noqa: F401,E402  (registration)
-from attacks.malicious import imprint, inconsistency, withheld_noise  # noqa: F401,E402  (registration)
+Importing this package loads no attack: each is imported when a suite (or ``privbench list``)
+first names it, through its ``module:attr`` entry in :data:`bench.registry.BUILTIN_ATTACKS`.
+"""
+
+from bench.registry import ATTACKS  # noqa: F401
+
+
+def __getattr__(name):  # ``from attacks import Attack`` without importing torch up front
+    if name == "Attack":
+        from attacks.base import Attack
+
+        return Attack
+    raise AttributeError(f"module 'attacks' has no attribute {name!r}")
+
 
 __all__ = ["ATTACKS", "Attack"]

@@ -149,9 +149,22 @@ def overview() -> str:
     lines: list[str] = []
     for kind, title in FAMILIES:
         lines.append(f"{title}:")
-        for name, cls in registry(kind).items():
-            facts = _facts(kind, cls)
-            text = _summary(cls) + (f" [{facts}]" if facts else "")
+        reg = registry(kind)
+        for entry in reg.entries():
+            name = entry.name
+            try:
+                cls = reg.get(name) if entry.error is None else None
+            except ConfigError:
+                cls = None
+            if cls is None:  # a plug-in that breaks its contract: listed with the reason, never used
+                text = f"REFUSED ({entry.origin}): {entry.error}"
+            else:
+                facts = "; ".join(x for x in (_facts(kind, cls), "" if entry.origin == "built-in" else entry.origin) if x)
+                text = _summary(cls) + (f" [{facts}]" if facts else "")
+                if entry.origin != "built-in":
+                    params = getattr(cls, "Params", None)
+                    keys = [p.name for p in params_of(params)] if params is not None and dataclasses.is_dataclass(params) else []
+                    text += f" Parameters: {', '.join(keys) or 'none'}."
             wrapped = textwrap.wrap(text, WIDTH - 23, break_on_hyphens=False, break_long_words=False) or [""]
             lines.append(f"  {name:<20} {wrapped[0]}")
             lines += [" " * 23 + w for w in wrapped[1:]]
@@ -164,6 +177,18 @@ def find(name: str) -> tuple[str, type]:
     """``(family, class)`` of the component called ``name``; a one-line error naming the choices."""
     from bench.components import registry
 
+    if ":" in name:  # an import path: the family whose contract it meets
+        from bench.contracts import family_of
+        from bench.registry import import_object
+
+        try:
+            obj = import_object(name)
+        except ConfigError as exc:
+            raise ConfigError(f"list: {exc}") from None
+        kind = family_of(obj)
+        if kind is None:
+            raise ConfigError(f"list: {name!r} is no dataset, model, defense or attack (docs/own-model.md says what each must be)")
+        return kind, registry(kind).resolve(name, "list")
     hits = [(kind, registry(kind).get(name)) for kind, _ in FAMILIES if name in registry(kind)]
     if not hits:
         import difflib
@@ -283,7 +308,10 @@ def dataclass_schema(cls: type, extra: typing.Optional[dict] = None) -> dict:
 def _components(kind: str) -> dict:
     from bench.components import registry
 
-    options = []
+    from bench.registry import IMPORT_PATH
+
+    options = [{"type": "object", "required": ["name"], "description": "a plug-in by import path (docs/own-model.md)",
+                "properties": {"name": {"type": "string", "pattern": IMPORT_PATH.pattern}}}]
     for name, cls in registry(kind).items():
         params = getattr(cls, "Params", None)
         name_prop = {"name": {"const": name, "description": _summary(cls)}}
@@ -308,6 +336,19 @@ def _attributes_schema() -> dict:
     return {"type": "array", "items": {"anyOf": [{"type": "string"}, full, short]}, "description": full.get("description", "")}
 
 
+def _model_schema(strict: dict) -> dict:
+    """``model:``: the built-ins' keys (name, hidden, channels), or any keys beside the name of a
+    plug-in model (an import path or an installed plug-in; its loader checks them)."""
+    from bench.components import registry
+    from bench.registry import BUILTIN_MODELS, IMPORT_PATH
+
+    plugins = [n for n in registry("model").names() if n not in BUILTIN_MODELS]
+    own = {"anyOf": [{"type": "string", "pattern": IMPORT_PATH.pattern}, *([{"enum": plugins}] if plugins else [])]}
+    loose = {k: v for k, v in strict.items() if k != "additionalProperties"}
+    return {**loose, "if": {"type": "object", "required": ["name"], "properties": {"name": own}},
+            "else": {"properties": strict["properties"], "additionalProperties": False}}
+
+
 def experiment_schema() -> dict:
     """Schema of one experiment (a suite's ``base``): every config section and component."""
     from bench.config import ExperimentConfig
@@ -316,6 +357,7 @@ def experiment_schema() -> dict:
     props = s["properties"]
     props["defenses"] = {**_components("defense"), "description": "defenses, applied in order (`privbench list` shows them)"}
     props["attacks"] = {**_components("attack"), "description": "attacks run on what their threat model sees"}
+    props["model"] = _model_schema(props["model"])
     fairness = next(o for o in props["fairness"]["anyOf"] if o.get("type") == "object")
     fairness["properties"]["attributes"] = _attributes_schema()
     props.pop("seed", None)  # a suite's seeds are its top-level `seeds:` list
@@ -345,6 +387,10 @@ def _partial(schema: dict) -> dict:
     return out
 
 
+# a plug-in model's own keys (model.width ...): the loader checks them against its Params
+PLUGIN_MODEL_KEYS = {r"^model\.(?!(name|hidden|channels)$)": {}}
+
+
 def suite_schema() -> dict:
     """JSON Schema (draft 2020-12) of a suite file: ``suite``, ``description``, ``base``,
     ``variants``, ``grid``, ``seeds``."""
@@ -363,10 +409,11 @@ def suite_schema() -> dict:
             "description": {"type": "string"},
             "base": base,
             "variants": {"type": "array", "minItems": 1, "description": "bundles of overrides (dotted keys such as train.lr, or whole sections)",
-                         "items": {"type": "object", "properties": _partial(dotted), "additionalProperties": False}},
+                         "items": {"type": "object", "properties": _partial(dotted), "additionalProperties": False,
+                                   "patternProperties": PLUGIN_MODEL_KEYS}},
             "grid": {"type": "object", "description": "dotted key -> list of values; every combination is a cell",
                      "properties": {k: {"type": "array", "minItems": 1, "items": _partial(v)} for k, v in dotted.items()},
-                     "additionalProperties": False},
+                     "additionalProperties": False, "patternProperties": {k: {"type": "array", "minItems": 1} for k in PLUGIN_MODEL_KEYS}},
             "seeds": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
         },
     }

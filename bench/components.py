@@ -5,29 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.registry import Registry
+from bench.registry import REGISTRIES, Registry
 from bench.types import ConfigError
 
 
 def registry(kind: str) -> Registry:
     """The registry of one family: ``dataset``, ``model``, ``defense`` or ``attack``."""
-    if kind == "defense":
-        from defenses import DEFENSES
-
-        return DEFENSES
-    if kind == "attack":
-        from attacks import ATTACKS
-
-        return ATTACKS
-    if kind == "dataset":
-        from bench.data import DATASETS
-
-        return DATASETS
-    if kind == "model":
-        from bench.models import MODELS
-
-        return MODELS
-    raise ValueError(f"unknown component family {kind!r}")
+    try:
+        return REGISTRIES[kind]
+    except KeyError:
+        raise ValueError(f"unknown component family {kind!r}") from None
 
 
 def component_class(kind: str, name: str) -> Any:
@@ -82,11 +69,9 @@ def check_experiment(cfg) -> None:
     :func:`bench.data.check_data`, which ``run`` calls before it logs anything.
     """
     datasets = registry("dataset")
-    if cfg.data.name not in datasets:
-        raise ConfigError(f"data.name: {datasets.unknown_message(cfg.data.name)}")
+    datasets.resolve(cfg.data.name, "data.name")  # a name, a plug-in or an import path, checked
     models = registry("model")
-    if cfg.model.name not in models:
-        raise ConfigError(f"model.name: {models.unknown_message(cfg.model.name)}")
+    models.resolve(cfg.model.name, "model.name")
     datasets.get(cfg.data.name).check(cfg)
     models.get(cfg.model.name).check(cfg)
     if cfg.train.sites_per_round is not None and cfg.data.partition != "natural":
@@ -126,6 +111,6 @@ def check_experiment(cfg) -> None:
         c.check(spec.params, cfg)
     for spec in cfg.attacks:
         component_class("attack", spec.name).check(spec.params, cfg)
-    from bench.data import site_names
+    from bench.data.sites import site_names
 
     check_model_and_sites(cfg, placeholder_info(cfg), site_names(cfg.data))

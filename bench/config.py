@@ -88,13 +88,25 @@ class DataConfig:
     image_mode: Literal["gray", "rgb"] = "gray"
 
 
+class ModelParams(dict):
+    """A plug-in model's own parameters (its ``Params`` fields, already checked): a plain,
+    picklable mapping that hashes like the frozen config around it."""
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(json.dumps(self, sort_keys=True, default=str))
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """Model architecture (see ``privbench list``)."""
+    """Model architecture (see ``privbench list``); a plug-in model (``name: my_pkg.nets:ChestNet``,
+    docs/own-model.md) takes its own keys beside ``name``."""
 
     name: str = "logreg"
     hidden: tuple[int, ...] = (32,)
     channels: int = field(default=8, metadata={"ge": 1})
+    # a plug-in model's keys beside ``name`` (checked against its Params); None for the built-ins,
+    # whose configs (and run_keys) stay as they were
+    params: Optional[ModelParams] = field(default=None, metadata={"derived": True, "omit_if_none": True})
 
 
 @dataclass(frozen=True)
@@ -283,7 +295,7 @@ class ExperimentConfig:
 
 
 def _parse_specs(kind: str, raw: Any, path: str) -> tuple[ComponentSpec, ...]:
-    from bench.components import component_class, registry
+    from bench.components import registry
 
     if raw is None:
         return ()
@@ -297,12 +309,7 @@ def _parse_specs(kind: str, raw: Any, path: str) -> tuple[ComponentSpec, ...]:
         if not isinstance(item, dict) or "name" not in item:
             raise ConfigError(f"{where}: got {item!r}; expected a mapping with a 'name' key")
         name = item["name"]
-        reg = registry(kind)
-        if not isinstance(name, str):
-            raise ConfigError(f"{where}.name: got {name!r}; expected the name of a {kind}, one of {', '.join(reg.names())}")
-        if name not in reg:
-            raise ConfigError(f"{where}.name: {reg.unknown_message(name)}")
-        cls = component_class(kind, name)
+        cls = registry(kind).resolve(name, f"{where}.name")  # a name, a plug-in or an import path, checked
         params = from_dict(cls.Params, {k: v for k, v in item.items() if k != "name"}, f"{path}.{name}")
         specs.append(ComponentSpec(name=name, params=params))
     return tuple(specs)
@@ -335,6 +342,22 @@ def _normalise_fairness(raw: Any) -> Any:
     return {**raw, "attributes": out}
 
 
+def _plugin_model_params(raw: dict) -> tuple[dict, Optional[ModelParams]]:
+    """A plug-in model's keys beside ``name`` (all of them, checked against its ``Params``) taken
+    out of ``raw["model"]``; the built-ins (no ``Params``) keep ``hidden``/``channels``."""
+    section = raw.get("model")
+    if not isinstance(section, dict) or not isinstance(section.get("name"), str):
+        return raw, None
+    from bench.components import registry
+
+    own = getattr(registry("model").resolve(section["name"], "model.name"), "Params", None)
+    if own is None:
+        return raw, None
+    parsed = from_dict(own, {k: v for k, v in section.items() if k != "name"}, "model")
+    values = ModelParams({f.name: getattr(parsed, f.name) for f in dataclasses.fields(parsed)})
+    return {**raw, "model": {"name": section["name"]}}, values
+
+
 def parse_experiment(raw: Any, path: str = "") -> ExperimentConfig:
     """Validate a raw mapping into an :class:`ExperimentConfig` (one line per error)."""
     from bench.components import check_experiment
@@ -346,8 +369,11 @@ def parse_experiment(raw: Any, path: str = "") -> ExperimentConfig:
     attacks = _parse_specs("attack", raw.pop("attacks", None), "attacks")
     fairness = raw.pop("fairness", None)  # built directly: its errors name fairness.<key>, not "fairness: expected ... or null"
     fairness = None if fairness is None else from_dict(FairnessConfig, _normalise_fairness(fairness), "fairness")
+    raw, model_params = _plugin_model_params(raw)
     cfg = from_dict(ExperimentConfig, raw)
     cfg = dataclasses.replace(cfg, defenses=defenses, attacks=attacks, fairness=fairness)
+    if model_params is not None:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, params=model_params))
     check_experiment(cfg)
     return cfg
 

@@ -16,6 +16,7 @@ import yaml
 
 from bench.accounting import PrivacyReport, account, against_metrics, weak_delta_reason
 from bench.components import component_class
+from bench.contracts import check_output
 from bench.config import ExperimentConfig
 from bench.data import build_federation
 from bench.fairness import fairness_metrics
@@ -222,6 +223,7 @@ def run_cell(cfg: ExperimentConfig, out: CellLog, on_round: Optional[Callable[[R
         phase(f"attack {spec.name}")  # (the first outsider attack also trains the reference models)
         t_a = time.perf_counter()
         output = outputs[spec.name] = attack.run(views[attack.threat_model], seeds.rng("attack", spec.name))
+        check_output(spec.name, attack.kind, output)  # a plug-in's run() returns what its kind promises
         if isinstance(output, AuditScores):
             scored = audit_metrics(output, truth, delta_audit, record.dp_events, cfg.privacy.accountant, seeds.rng("audit", spec.name))
             audits[spec.name], observed[spec.name] = scored, list(output.observations)

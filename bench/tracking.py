@@ -877,7 +877,7 @@ class MlflowTracker:
         return Claim(None, "contended: other processes kept claiming it")
 
     def _create(self, name: str, tags: Mapping[str, str]) -> str:
-        from bench.executors import hold_signals
+        from bench.signals import hold_signals
 
         with hold_signals():  # owned as soon as it exists, so an interrupt ends it
             run = self._call(

@@ -1,9 +1,18 @@
-"""Defenses: one module each, registered in :data:`DEFENSES`."""
+"""Defenses: one module each, registered in :data:`DEFENSES` (``bench.registry``).
 
-from defenses.base import DEFENSES, Defense  # noqa: F401
-from defenses import clipping  # noqa: F401,E402  (registration)
-from defenses import client_dp, dp_sgd, secure_aggregation, sparsify  # noqa: F401,E402  (registration)
-from defenses import distributed_dp  # noqa: F401,E402  (registration)
-from defenses import model_check  # noqa: F401,E402  (registration)
+Importing this package loads no defense: each is imported when a suite (or ``privbench
+list``) first names it, through its ``module:attr`` entry in :data:`bench.registry.BUILTIN_DEFENSES`.
+"""
+
+from bench.registry import DEFENSES  # noqa: F401
+
+
+def __getattr__(name):  # ``from defenses import Defense`` without importing torch up front
+    if name == "Defense":
+        from defenses.base import Defense
+
+        return Defense
+    raise AttributeError(f"module 'defenses' has no attribute {name!r}")
+
 
 __all__ = ["DEFENSES", "Defense"]

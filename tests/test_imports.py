@@ -145,3 +145,135 @@ def test_bench_is_not_restricted_but_every_module_parses():
     for package in ("bench", *FAMILIES):
         for path, _ in _modules(package):
             ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
+# --------------------------------------------------------------------------- no import circles (issue 25 item 5)
+
+PACKAGES = ("bench", "defenses", "attacks", "privbench")
+
+
+def import_graph(packages=PACKAGES) -> dict[str, set[str]]:
+    """``module -> modules it imports`` among the packages' own modules.
+
+    The rule: every ``import`` statement counts, at module level or inside a function or class
+    (a function-level import is a dependency that only waits), except under ``if TYPE_CHECKING``.
+    An edge goes to the module named (``from bench.data.sites import x``: ``bench.data.sites``;
+    ``from bench import config``: ``bench.config``), not to the parent packages Python initialises
+    on the way, which is the package's structure rather than a dependency someone wrote.
+    Lazy ``module:attr`` references (the registries' entries, resolved by importlib) are data,
+    not imports.
+    """
+    mods: dict[str, tuple[Path, bool]] = {}
+    for package in packages:
+        for path in sorted((REPO / package).rglob("*.py")):
+            parts = list(path.relative_to(REPO).with_suffix("").parts)
+            is_pkg = parts[-1] == "__init__"
+            mods[".".join(parts[:-1] if is_pkg else parts)] = (path, is_pkg)
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for mod, (path, is_pkg) in mods.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+                for n in ast.walk(node)}
+        here = mod.split(".") if is_pkg else mod.split(".")[:-1]
+        for node in ast.walk(tree):
+            if id(node) in skip:
+                continue
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = ".".join(here[: len(here) - node.level + 1] + ([node.module] if node.module else [])) if node.level else node.module
+                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            else:
+                continue
+            graph[mod] |= {t for t in targets if t in mods and t != mod}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on.add(root)
+        while work:
+            v, children = work[-1]
+            for w in children:
+                if w not in index:
+                    index[w] = low[w] = len(index)
+                    stack.append(w)
+                    on.add(w)
+                    work.append((w, iter(sorted(graph[w]))))
+                    break
+                if w in on:
+                    low[v] = min(low[v], index[w])
+            else:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[v])
+                if low[v] == index[v]:
+                    comp = []
+                    while True:
+                        w = stack.pop()
+                        on.discard(w)
+                        comp.append(w)
+                        if w == v:
+                            break
+                    if len(comp) > 1:
+                        out.append(sorted(comp))
+    return out
+
+
+def _path(graph, comp):
+    """One concrete circle through a component, for the failure message: a -> b -> ... -> a."""
+    start = comp[0]
+    members = set(comp)
+    seen, todo = {start: None}, [start]
+    while todo:
+        v = todo.pop(0)
+        for w in sorted(graph[v] & members):
+            if w == start:
+                path = [v]
+                while seen[path[-1]] is not None:
+                    path.append(seen[path[-1]])
+                return " -> ".join(path[::-1] + [start])
+            if w not in seen:
+                seen[w] = v
+                todo.append(w)
+    return " <-> ".join(comp)
+
+
+def test_the_package_has_no_import_circle():
+    graph = import_graph()
+    assert "bench.registry" in graph and "bench.components" in graph
+    found = cycles(graph)
+    assert not found, "import circles (DESIGN.md: registries are leaves):\n" + "\n".join(_path(graph, c) for c in found)
+
+
+def test_registries_are_leaves():
+    """The registries import no component, and the component families reach them only downward."""
+    graph = import_graph()
+    assert graph["bench.registry"] <= {"bench.types"}
+    for mod in ("bench.components", "bench.models", "bench.data", "defenses.base", "attacks.base"):
+        assert "bench.registry" in graph[mod], mod
+    # the three of issue 25: executors -> runner -> tracking, never back
+    assert not {"bench.executors", "bench.runner"} & graph["bench.tracking"]
+    assert "bench.executors" not in graph["bench.runner"]
+
+
+def test_the_cycle_finder_finds_circles():
+    g = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert cycles(g) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+    assert "a -> b -> c -> a" == _path(g, ["a", "b", "c"])
+    # function-level imports count; TYPE_CHECKING ones do not
+    src = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import x.y\ndef f():\n    from x import z\n"
+    tree_targets = [m for _, m, _ in imports_of(src, "x.w")]
+    assert "x" in tree_targets

@@ -7,14 +7,13 @@ from typing import Optional
 import numpy as np
 import torch
 
-from bench.data.partition import dirichlet_partition, iid_partition, split_site
+from bench.data.partition import dirichlet_partition, iid_partition, split_site  # noqa: F401
+from bench.data.sites import _site_indices, site_names  # noqa: F401  (a leaf: csv_data and bench.components use it)
 from bench.data.sensitive import hold_out, sensitive_attributes
 from bench.data.table import RawData, TableEncoder
-from bench.registry import Registry
+from bench.registry import DATASETS, Registry  # noqa: F401  (the registry is a leaf of bench)
 from bench.seeding import Seeds
 from bench.types import ConfigError, DatasetInfo, Federation, GroundTruth, Records, Site
-
-DATASETS: Registry = Registry("dataset")
 
 from bench.data import csv_data, heart_disease, images, sklearn_sets  # noqa: E402,F401  (registration)
 from bench.data.csv_data import CsvReport, csv_report, describe_csv  # noqa: E402,F401  (for `validate --data`)
@@ -47,30 +46,6 @@ def fingerprint(cfg) -> str:
             the same line loading it would give.
     """
     return DATASETS.get(cfg.name).fingerprint(cfg)
-
-
-def site_names(cfg) -> tuple[str, ...] | None:
-    """The hospitals' names a federation of ``cfg`` (a ``DataConfig``) will have, when known
-    without loading the data: ``site0..`` for iid/dirichlet, the real hospitals for natural
-    partitions of data with a fixed roster (heart disease); ``None`` for a csv's site column."""
-    if cfg.partition != "natural":
-        return tuple(f"site{i}" for i in range(cfg.num_sites))
-    names = getattr(DATASETS.get(cfg.name), "site_names", None)
-    return None if names is None else names(cfg)
-
-
-def _site_indices(raw: RawData, cfg, rng: np.random.Generator) -> tuple[list[np.ndarray], tuple[str, ...]]:
-    if cfg.partition == "natural":
-        if raw.site is None:
-            raise ConfigError(f"data.partition: 'natural' needs a dataset with real sites; {raw.name!r} has none (use iid or dirichlet)")
-        parts = [np.flatnonzero(raw.site == s) for s in range(len(raw.site_names))]
-        return parts, raw.site_names
-    n = len(raw.y)
-    if cfg.partition == "iid":
-        parts = iid_partition(n, cfg.num_sites, rng)
-    else:
-        parts = dirichlet_partition(raw.y, cfg.num_sites, cfg.alpha, rng)
-    return parts, site_names(cfg)
 
 
 def encode(raw: RawData, member_index: np.ndarray):

@@ -619,7 +619,7 @@ def csv_report(cfg, seed: int = 0) -> CsvReport:
     Raises:
         ConfigError: whatever loading the file would refuse, with the same line.
     """
-    from bench.data import _site_indices
+    from bench.data.sites import _site_indices
     from bench.seeding import Seeds
 
     parsed = _parse(cfg)
@@ -715,7 +715,7 @@ def check_config(d) -> None:
 
 
 def _register():
-    from bench.data import DATASETS
+    from bench.registry import DATASETS
 
     @DATASETS.register("csv")
     class CsvDataset:

@@ -208,7 +208,7 @@ def load_table(folder: Path) -> RawData:
 
 
 def _register():
-    from bench.data import DATASETS
+    from bench.registry import DATASETS
 
     @DATASETS.register("heart_disease")
     class HeartDisease:

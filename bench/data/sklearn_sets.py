@@ -31,7 +31,7 @@ def _no_natural_sites(name: str, cfg) -> None:
 
 
 def _register():
-    from bench.data import DATASETS
+    from bench.registry import DATASETS
 
     @DATASETS.register("breast_cancer")
     class BreastCancer:

@@ -15,7 +15,6 @@ lower (:data:`VERDICT_WORDS`).
 
 from __future__ import annotations
 
-from functools import singledispatch
 from typing import Mapping
 
 import math
@@ -27,6 +26,7 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from bench.metrics.membership import CONFIDENCE_ALPHA, FPR_LEVELS, membership_metrics, roc_points  # noqa: F401
 from bench.models import load_flat
+from bench.metrics.dispatch import align, score  # noqa: F401  (the leaf every scorer registers with)
 from bench.types import Federation, GroundTruth, MembershipScores, Records, SourceGuesses
 
 VERDICT_WORDS = {1.0: "higher", 0.0: "no detectable difference", -1.0: "lower"}
@@ -115,20 +115,6 @@ def utility_metrics(model: torch.nn.Module, params: torch.Tensor, fed: Federatio
     if len(accs) >= 2:
         out["utility/site_accuracy_gap"] = max(accs)[0] - worst[0]
     return out
-
-
-def align(ids: np.ndarray, truth: GroundTruth) -> np.ndarray:
-    pos = {int(i): k for k, i in enumerate(truth.candidate_ids)}
-    try:
-        return np.asarray([pos[int(i)] for i in ids], dtype=np.int64)
-    except KeyError as exc:
-        raise ValueError(f"attack scored record id {exc} that is not a candidate") from None
-
-
-@singledispatch
-def score(output, truth: GroundTruth) -> dict[str, float]:
-    """Score an attack output against the truth; dispatches on the output type."""
-    raise TypeError(f"no scoring for {type(output).__name__}")
 
 
 @score.register

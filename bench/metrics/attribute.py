@@ -98,7 +98,7 @@ def _auc(score: np.ndarray, positive: np.ndarray) -> Optional[float]:
 
 def guesses_metrics(item: AttributeGuesses, truth: GroundTruth) -> dict[str, float]:
     """The metrics of one attribute (names relative to ``<attribute>/``)."""
-    from bench.metrics import align
+    from bench.metrics.dispatch import align
 
     idx = align(item.ids, truth)
     member = truth.candidate_is_member[idx]
@@ -140,7 +140,7 @@ def attribute_metrics(output: AttributeInferences, truth: GroundTruth) -> dict[s
 
 
 def _register() -> None:
-    from bench.metrics import score
+    from bench.metrics.dispatch import score
 
     @score.register
     def _(output: AttributeInferences, truth: GroundTruth) -> dict[str, float]:

@@ -33,7 +33,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from scipy.signal import convolve2d
 
-from bench.metrics import score
+from bench.metrics.dispatch import score
 from bench.metrics.membership import bootstrap_mean_ci
 from bench.types import DatasetInfo, GroundTruth, Reconstruction, Reconstructions, Records
 
