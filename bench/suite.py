@@ -45,11 +45,13 @@ RUN_NAME_MAX = 40  # characters of a cell's MLflow run name (the runs table show
 _ABBREVIATIONS = (
     ("secure_aggregation", "secagg"), ("breast_cancer", "breast"), ("heart_disease", "heart"),
     ("data.members_per_site=", "members="), ("data.num_sites=", "sites="), ("data.partition=", "partition="),
-    ("model.name=", "model="), ("no defense", "none"), (" · ", " "), (", ", ","),
+    ("model.name=", "model="), (" · ", " "), (", ", ","),
 )
+# the dataset spellings among them: a suite uses one spelling of each dataset in all its names
+_DATASET_ABBREVIATIONS = (("breast_cancer", "breast"), ("heart_disease", "heart"))
 _ATTACK_SHORT = {
     "loss_threshold": "loss", "update_cosine": "cosine", "source_inference": "source", "inverting_gradients": "invgrad",
-    "canary_audit": "canary", "client_canary_audit": "client_canary", "peer_fedmia": "fedmia", "withheld_noise": "withheld",
+    "canary_audit": "canary", "dpsgd_audit": "audit", "client_canary_audit": "client_canary", "peer_fedmia": "fedmia", "withheld_noise": "withheld",
     "attribute_inference": "attr", "attribute_inference_server": "attr_server",
 }
 DEFAULT_MAX_CELLS = 10_000
@@ -125,19 +127,30 @@ def short_label(setting: str, seed: int = 0) -> str:
 def _unique_shorts(cells: Sequence["Cell"]) -> list[str]:
     """:meth:`Cell.short_setting` of each cell, made unique per setting: two settings whose short
     labels match after cutting get ``#2``, ``#3``... (their full labels stay in the `full_name` tag)."""
+    top = max((x.config.seed for x in cells), default=0)
+    # one spelling of each dataset in a suite: abbreviated in every name once one name needs it
+    spell = [(old, new) for old, new in _DATASET_ABBREVIATIONS
+             if any(old in c.setting and old not in short_label(c.setting, top) for c in cells)]
+
+    def label(c: "Cell") -> str:
+        setting = c.setting
+        for old, new in spell:
+            setting = setting.replace(old, new)
+        return short_label(setting, top)
+
     by_short: dict[str, list[str]] = {}
     for c in cells:
-        settings = by_short.setdefault(short_label(c.setting, max(x.config.seed for x in cells)), [])
+        settings = by_short.setdefault(label(c), [])
         if c.setting not in settings:
             settings.append(c.setting)
     out = []
     for c in cells:
-        short = short_label(c.setting, max(x.config.seed for x in cells))
+        short = label(c)
         settings = by_short[short]
         k = settings.index(c.setting)
         if len(settings) > 1 and k > 0:
             tag = f"#{k + 1}"
-            short = short[: _seed_room(max(x.config.seed for x in cells)) - len(tag) - 1].rstrip(" ·,…") + "…" + tag
+            short = short[: _seed_room(top) - len(tag) - 1].rstrip(" ·,…") + "…" + tag
         out.append(short)
     return out
 
@@ -317,11 +330,19 @@ def _distinct_suffixes(configs: Sequence[ExperimentConfig]) -> list[str]:
         groups.setdefault((c.setting_label(), c.seed), []).append(i)
     flats = [c.flat_params() for c in configs]
     out = [""] * len(configs)
+    # a defense that the suite runs on several datasets names the dataset in every cell of it, even
+    # where its parameters already differ (issue 23: "dp_sgd(z=1,C=1) · seed 0" beside
+    # "dp_sgd(eps=4,C=1) · seed 0" did not say which one was the digits inversion cell)
+    datasets: dict[tuple, set] = {}
+    for c, f in zip(configs, flats):
+        datasets.setdefault(tuple(d.name for d in c.defenses), set()).add(f.get("data.name"))
+    named = [len(datasets[tuple(d.name for d in c.defenses)]) > 1 for c in configs]
     for members in groups.values():
-        if len(members) < 2:
+        with_dataset = any(named[i] for i in members)
+        if len(members) < 2 and not with_dataset:
             continue
         keys = sorted({k for i in members for k in flats[i]} - {"seed"}, key=lambda k: (k not in _FIRST, _FIRST.index(k) if k in _FIRST else 0, k))
-        chosen: list[str] = []
+        chosen: list[str] = ["data.name"] if with_dataset else []
         for k in keys:
             signature = lambda i, ks: tuple(flats[i].get(x, "-") for x in ks)  # noqa: E731
             if len({signature(i, chosen + [k]) for i in members}) > len({signature(i, chosen) for i in members}):

@@ -326,6 +326,21 @@ def test_every_shipped_suite_has_unique_names_that_start_with_the_defense(path):
     assert all(len(keys) == 1 for keys in shorts.values()), shorts
 
 
+def test_quick_suite_names_say_the_dataset_of_a_defense_run_on_two_and_spell_each_thing_one_way():
+    """Issue 23: the digits inversion cell was "dp_sgd(z=1,C=1) · seed 0" beside breast cancer's
+    "dp_sgd(eps=4,C=1) · seed 0"; "no defense" was "none" in one name; "breast" and
+    "breast_cancer" both appeared."""
+    from bench.config import load_yaml
+
+    names = [c.name for c in _cells(load_yaml(str(REPO / "experiments" / "quick.yaml")), "seeds=[0]")]
+    assert all(len(n) <= 40 and "…" not in n for n in names), names
+    dp = [n for n in names if n.startswith("dp_sgd(")]
+    assert dp and all(("digits" in n) != ("breast" in n) for n in dp), dp  # each dp_sgd name says its dataset
+    assert not [n for n in names if n.startswith("none")] and sum(n.startswith("no defense") for n in names) == 4, names
+    assert not [n for n in names if "breast_cancer" in n], names  # one spelling of the dataset in the suite
+    assert len(set(names)) == len(names)
+
+
 def test_long_names_are_shortened_and_kept_apart():
     from bench.suite import RUN_NAME_MAX, short_label
 
