@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -399,9 +401,97 @@ class ReferenceCache:
         return out
 
 
-def make_many_simulator(cfg: Any, info: Any) -> tuple[Optional[Callable[..., torch.Tensor]], str]:
+PARALLEL_MIN_MACS = 20_000  # multiply-adds per record of one forward pass: below, a step is Python-bound
+
+
+def macs_per_record(model: torch.nn.Module, input_shape: Sequence[int]) -> int:
+    """Multiply-adds of one forward pass of one record through ``model``'s Linear and Conv2d
+    layers (a measure of how much arithmetic a step has to share between threads)."""
+    total = 0
+
+    def count(m: torch.nn.Module, inp: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(m, torch.nn.Linear):
+            total += m.in_features * m.out_features
+        elif isinstance(m, torch.nn.Conv2d):
+            total += out[0].numel() * (m.in_channels // m.groups) * int(np.prod(m.kernel_size))
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape))
+    finally:
+        for h in hooks:
+            h.remove()
+    return total
+
+
+def reference_threads(defenses: Sequence[str], k: int, macs: Optional[int] = None) -> int:
+    """How many threads train K reference federations: each trains its own contiguous block of
+    the K (``train_many`` on fewer federations; torch's kernels release the GIL, so the blocks
+    run on separate cores while the cell's intra-op pool stays at one thread).
+
+    A federation's numbers do not depend on which others share its stack for plain local steps
+    and the update-level defenses (batched products act per federation;
+    ``tests/test_lira_rmia.py`` checks equality bit for bit), so the split is invisible in the
+    results. Grouped convolutions are exact only when each block holds a multiple of 8
+    federations (the first convolution, one input channel per group, takes another kernel for
+    4 or 5 groups than for 8 or 16: measured with AVX-512, AVX2 and scalar ATen kernels), so
+    models with a convolution split K only into such blocks (:func:`block_count`). DP-SGD's stacked step pads every federation's Poisson batch to
+    the longest in the stack, and the padded width changes the last bits of the clipped sums,
+    so with ``dp_sgd`` the K federations stay in one stack (one thread).
+
+    Threads pay only when a step is compute-bound: each block runs the whole Python loop of a
+    federation's steps, and the blocks share the GIL between kernels. A model with fewer than
+    :data:`PARALLEL_MIN_MACS` multiply-adds per record (``macs``; the tabular MLPs have ~2k) stays
+    in one stack: its K = 16 references are 1.5× one target in one stack and 2.5× in two
+    blocks (``docs/bench-scale.md``).
+
+    ``PRIVBENCH_REFERENCE_THREADS`` overrides the default (and the ``macs`` rule): the CPUs this
+    process may use (``os.sched_getaffinity``), at most 4, at most ``k // 2`` (a block of one
+    federation gains nothing from batching).
+    """
+    if "dp_sgd" in defenses or k < 2:
+        return 1
+    env = os.environ.get("PRIVBENCH_REFERENCE_THREADS")
+    if env:
+        try:
+            want = int(env)
+        except ValueError:
+            raise ConfigError(f"PRIVBENCH_REFERENCE_THREADS: got {env!r}; use a whole number of threads, e.g. 2") from None
+        if want < 1:
+            raise ConfigError(f"PRIVBENCH_REFERENCE_THREADS: got {want}; use 1 (serial) or more")
+    elif macs is not None and macs < PARALLEL_MIN_MACS:
+        return 1
+    else:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        want = min(cpus, 4, k // 2)
+    return max(1, min(want, k))
+
+
+def block_count(k: int, threads: int, convolutional: bool) -> int:
+    """The number of blocks (at most ``threads``) to cut K federations into: for a model with
+    convolutions, only counts whose blocks all hold a multiple of 8 federations (else 1)."""
+    n = max(1, min(threads, k))
+    if convolutional:
+        while n > 1 and k % (8 * n):
+            n -= 1
+    return n
+
+
+def blocks(k: int, threads: int) -> list[tuple[int, int]]:
+    """``threads`` contiguous ``[lo, hi)`` blocks of ``range(k)``, sizes differing by at most one."""
+    edges = [round(i * k / threads) for i in range(threads + 1)]
+    return [(lo, hi) for lo, hi in zip(edges, edges[1:]) if hi > lo]
+
+
+def make_many_simulator(cfg: Any, info: Any, threads: Optional[int] = None) -> tuple[Optional[Callable[..., torch.Tensor]], str]:
     """The vectorised simulator for ``cfg`` (fresh defense instances per call), or
-    ``(None, reason)`` when something in ``cfg`` cannot be vectorised."""
+    ``(None, reason)`` when something in ``cfg`` cannot be vectorised.
+
+    ``threads``: blocks of the K federations trained side by side (default
+    :func:`reference_threads`; 1 trains all K in one stack); the result is the same.
+    """
     from bench.components import component_class
 
     reason = vectorizable([(s.name, s.params) for s in cfg.defenses], cfg.train.optimizer)
@@ -415,9 +505,23 @@ def make_many_simulator(cfg: Any, info: Any) -> tuple[Optional[Callable[..., tor
         except ValueError as exc:
             return None, f"dp_sgd on a model bench.engine cannot compile ({exc})"
 
-    def simulate_many(site_records: Sequence[Mapping[str, Records]], seeds: Sequence[int]) -> torch.Tensor:
+    probe = build_model(info, cfg.model, torch.Generator().manual_seed(0))
+    convolutional = any(isinstance(m, torch.nn.Conv2d) for m in probe.modules())
+    macs = macs_per_record(probe, info.input_shape)
+
+    def block(site_records: Sequence[Mapping[str, Records]], seeds: Sequence[int]) -> torch.Tensor:
         defenses = [(s.name, component_class("defense", s.name)(s.params)) for s in cfg.defenses]
         return train_many(site_records, seeds, info, cfg.model, cfg.train, cfg.privacy, defenses)
+
+    def simulate_many(site_records: Sequence[Mapping[str, Records]], seeds: Sequence[int]) -> torch.Tensor:
+        k = len(site_records)
+        n = threads if threads is not None else reference_threads([s.name for s in cfg.defenses], k, macs)
+        parts = blocks(k, block_count(k, n, convolutional))
+        if len(parts) == 1:
+            return block(site_records, seeds)
+        with ThreadPoolExecutor(len(parts), thread_name_prefix="references") as pool:
+            done = [pool.submit(block, site_records[lo:hi], seeds[lo:hi]) for lo, hi in parts]
+            return torch.cat([f.result() for f in done])
 
     return simulate_many, ""
 

@@ -170,6 +170,69 @@ def test_reference_designs_draw_what_they_claim():
         reference_splits(100, sizes, 8, np.random.default_rng(0), "halves")
 
 
+def _serial_and_parallel_signals(cfg, info, members, population, k, threads):
+    from bench.reference import make_many_simulator
+
+    model_fn = lambda: build_model(info, cfg.model, torch.Generator().manual_seed(0))  # noqa: E731
+    final = train_many([{"a": members}], [99], info, cfg.model, cfg.train, cfg.privacy, [])[0]
+    out = []
+    for n in (1, threads):
+        many, why = make_many_simulator(cfg, info, threads=n)
+        assert why == ""
+        cache = ReferenceCache(model_fn, final, population, {"a": len(members)}, seed=3, simulate_many=many, simulate=None)
+        out.append([cache(k, design) for design in ("paired", "independent")])
+    return out
+
+
+@pytest.mark.parametrize("defense", [[], [{"name": "clipping", "max_norm": 0.5}], [{"name": "sparsify"}],
+                                     [{"name": "client_dp", "noise_multiplier": 0.5, "clip_norm": 1.0}]])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_references_in_parallel_blocks_equal_one_stack_exactly(defense, threads):
+    """Blocks of the K references trained on threads give the one-stack signals bit for bit."""
+    cfg = _cfg(model__name="mlp", model__hidden=[16], train__rounds=2, train__momentum=0.5, defenses=defense)
+    pop = _records(60, 0)
+    (one, many) = _serial_and_parallel_signals(cfg, INFO, pop.take(np.arange(30)), pop, 8, threads)
+    for a, b in zip(one, many):
+        assert np.array_equal(a.reference, b.reference) and np.array_equal(a.included, b.included)
+        assert np.array_equal(a.target, b.target)
+
+
+def test_cnn_references_split_only_into_blocks_of_eight_and_stay_exact():
+    from bench.reference import block_count, blocks
+
+    assert block_count(16, 2, True) == 2 and block_count(16, 4, True) == 2 and block_count(12, 2, True) == 1
+    assert block_count(12, 2, False) == 2 and blocks(16, 3) == [(0, 5), (5, 11), (11, 16)]
+    info = DatasetInfo(name="noise-images", input_shape=(1, 8, 8), num_classes=3, modality="image")
+    g = torch.Generator().manual_seed(0)
+    pop = Records(ids=np.arange(40, dtype=np.int64), x=torch.randn(40, 1, 8, 8, generator=g), y=torch.randint(0, 3, (40,), generator=g))
+    cfg = _cfg(data__name="digits", model__name="cnn", model__channels=4, train__rounds=1)
+    (one, many) = _serial_and_parallel_signals(cfg, info, pop.take(np.arange(20)), pop, 16, 2)
+    for a, b in zip(one, many):
+        assert np.array_equal(a.reference, b.reference)
+
+
+def test_reference_threads_rules(monkeypatch):
+    from bench.reference import reference_threads
+
+    from bench.reference import macs_per_record
+
+    monkeypatch.delenv("PRIVBENCH_REFERENCE_THREADS", raising=False)
+    assert reference_threads(["dp_sgd"], 16) == 1  # padded Poisson batches: one stack
+    assert reference_threads([], 1) == 1
+    assert 1 <= reference_threads([], 16) <= 4
+    assert reference_threads([], 16, macs=2048) == 1  # a tabular MLP: Python-bound, one stack
+    assert reference_threads([], 16, macs=80_000) == min(4, len(__import__("os").sched_getaffinity(0)))
+    mlp = torch.nn.Sequential(torch.nn.Linear(12, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))
+    assert macs_per_record(mlp, (12,)) == 12 * 64 + 64 * 2
+    cnn = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Conv2d(4, 8, 3, padding=1, groups=2))
+    assert macs_per_record(cnn, (1, 8, 8)) == 4 * 64 * 9 + 8 * 64 * 2 * 9
+    monkeypatch.setenv("PRIVBENCH_REFERENCE_THREADS", "3")
+    assert reference_threads(["clipping"], 16, macs=60) == 3 and reference_threads([], 2) == 2  # the override wins
+    monkeypatch.setenv("PRIVBENCH_REFERENCE_THREADS", "two")
+    with pytest.raises(ConfigError, match="PRIVBENCH_REFERENCE_THREADS: got 'two'"):
+        reference_threads([], 16)
+
+
 def test_unvectorisable_defense_falls_back_to_sequential(caplog):
     raw = tiny_raw(attacks=[{"name": "lira", "num_references": 2}], defenses=[{"name": "dp_sgd", "noise_multiplier": 1.0, "sampling": "shuffle"}])
     from bench.runner import run_in_memory
