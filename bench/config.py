@@ -83,9 +83,10 @@ class DataConfig:
     multiclass: bool = False
     # images only (docs/images.md): a folder (<label>/<file> or <site>/<label>/<file>) or a manifest
     # (CSV/Parquet: path, label, optional site and subgroup columns); pixels are scaled to [0, 1]
-    path_column: str = "path"
-    image_size: Optional[tuple[int, ...]] = None
-    image_mode: Literal["gray", "rgb"] = "gray"
+    # (left out of a config's dict and run_key while at their defaults: cells from before they existed keep their keys)
+    path_column: str = field(default="path", metadata={"omit_if_default": True})
+    image_size: Optional[tuple[int, ...]] = field(default=None, metadata={"omit_if_default": True})
+    image_mode: Literal["gray", "rgb"] = field(default="gray", metadata={"omit_if_default": True})
 
 
 class ModelParams(dict):

@@ -182,6 +182,8 @@ def to_dict(obj: Any) -> Any:
             value = getattr(obj, f.name)
             if value is None and f.metadata.get("omit_if_none"):
                 continue  # an optional field added later: configs without it keep their run_key
+            if f.metadata.get("omit_if_default") and value == f.default:
+                continue  # likewise for a field added later with a default (e.g. the image keys)
             out[f.name] = to_dict(value)
         name = getattr(obj, "_spec_name", None)
         return out if name is None else {"name": name, **out}

@@ -42,7 +42,15 @@ DATASET_CONFIGS = {
     "digits": {"name": "digits", "partition": "dirichlet", "num_sites": 3, "alpha": 1.0},
     "heart_disease": {"name": "heart_disease", "partition": "natural", "data_dir": "{heart}", "download": False},
     "csv": {"name": "csv", "partition": "natural", "path": "{csv}"},
+    "images": {"name": "images", "partition": "natural", "path": "{images}"},
 }
+
+
+@pytest.fixture
+def small_images(tmp_path) -> str:
+    from image_fixtures import write_collection
+
+    return str(write_collection(tmp_path / "images", sites=2, per_site=30, size=8))
 
 
 @pytest.fixture
@@ -67,6 +75,8 @@ def _data_section(name: str, request) -> dict:
         section["data_dir"] = request.getfixturevalue("heart_data_dir")
     if section.get("path") == "{csv}":
         section["path"] = request.getfixturevalue("small_csv")
+    if section.get("path") == "{images}":
+        section["path"] = request.getfixturevalue("small_images")
     return section
 
 
