@@ -89,11 +89,12 @@ def design_part(n_seeds: int, k: int) -> None:
     from bench.types import OutsiderView
 
     torch.set_num_threads(1)
-    cols = {"lira independent": [], "lira paired": [], "rmia paired": []}
+    cols = {"lira independent": [], "lira paired": [], "rmia paired": [], "rmia independent": []}
     tp0 = {c: [] for c in cols}
     aucs = {c: [] for c in cols}
     members = None
-    print(f"| seed | LiRA TPR@1% independent | LiRA TPR@1% paired | RMIA TPR@1% paired | LiRA TPR@0% independent / paired | corr(in, out) within a pair |")
+    print("| seed | LiRA TPR@1% independent | LiRA TPR@1% paired | RMIA TPR@1% paired / independent | "
+          "LiRA TPR@0% independent / paired | corr(in, out) within a pair |")
     print("|---|---|---|---|---|---|")
     for seed in range(n_seeds):
         cfg = pooled_target(seed)
@@ -109,7 +110,8 @@ def design_part(n_seeds: int, k: int) -> None:
                             population=fed.population, site_sizes=sizes, reference_signals=cache)
         attacks = {"lira independent": LiRA(LiRA.Params(num_references=k, fixed_variance=True, reference_design="independent")),
                    "lira paired": LiRA(LiRA.Params(num_references=k, fixed_variance=True, reference_design="paired")),
-                   "rmia paired": RMIA(RMIA.Params(num_references=k))}
+                   "rmia paired": RMIA(RMIA.Params(num_references=k)),
+                   "rmia independent": RMIA(RMIA.Params(num_references=k, reference_design="independent"))}
         is_member = truth.candidate_is_member
         members = int(is_member.sum())
         for name, attack in attacks.items():
@@ -120,7 +122,7 @@ def design_part(n_seeds: int, k: int) -> None:
             from bench.metrics.membership import tpr_at_fpr_ci
 
             tp0[name].append(tpr_at_fpr_ci(out.scores, is_member, 0.0)[0])
-        print(f"| {seed} | {cols['lira independent'][-1]:.3f} | {cols['lira paired'][-1]:.3f} | {cols['rmia paired'][-1]:.3f} | "
+        print(f"| {seed} | {cols['lira independent'][-1]:.3f} | {cols['lira paired'][-1]:.3f} | {cols['rmia paired'][-1]:.3f} / {cols['rmia independent'][-1]:.3f} | "
               f"{tp0['lira independent'][-1]:.3f} / {tp0['lira paired'][-1]:.3f} | {pair_correlation(cache(k)):+.2f} |", flush=True)
     print()
     print(f"{n_seeds} seeds, K = {k}, {members} members / {len(is_member) - members} non-members, load average {os.getloadavg()}")
@@ -131,14 +133,15 @@ def design_part(n_seeds: int, k: int) -> None:
         lo, hi = clopper_pearson(hits, members * n_seeds)
         print(f"| {name} | {statistics.mean(cols[name]):.3f} [{lo:.3f}, {hi:.3f}] | {statistics.mean(tp0[name]):.3f} | "
               f"{statistics.mean(aucs[name]):.3f} |")
-    d = np.asarray(cols["lira independent"]) - np.asarray(cols["lira paired"])
     from scipy import stats
 
-    half = stats.t.ppf(0.975, n_seeds - 1) * d.std(ddof=1) / np.sqrt(n_seeds) if n_seeds > 1 else float("nan")
-    wins = int((d > 0).sum()), int((d < 0).sum())
-    sign_p = stats.binomtest(wins[0], wins[0] + wins[1]).pvalue if sum(wins) else float("nan")
-    print(f"LiRA TPR@1%FPR independent − paired: {d.mean():+.4f} [95% t-interval {d.mean() - half:+.4f}, {d.mean() + half:+.4f}]; "
-          f"independent higher on {wins[0]} seeds, paired on {wins[1]}, ties {n_seeds - sum(wins)} (sign test p = {sign_p:.3f})")
+    for attack in ("lira", "rmia"):
+        d = np.asarray(cols[f"{attack} independent"]) - np.asarray(cols[f"{attack} paired"])
+        half = stats.t.ppf(0.975, n_seeds - 1) * d.std(ddof=1) / np.sqrt(n_seeds) if n_seeds > 1 else float("nan")
+        wins = int((d > 0).sum()), int((d < 0).sum())
+        sign_p = stats.binomtest(wins[0], wins[0] + wins[1]).pvalue if sum(wins) else float("nan")
+        print(f"{attack} TPR@1%FPR independent − paired: {d.mean():+.4f} [95% t-interval {d.mean() - half:+.4f}, {d.mean() + half:+.4f}]; "
+              f"independent higher on {wins[0]} seeds, paired on {wins[1]}, ties {n_seeds - sum(wins)} (sign test p = {sign_p:.3f})")
 
 
 def digits_cell(model: dict, defense: str, rounds: int):
