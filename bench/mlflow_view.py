@@ -27,6 +27,22 @@ docs/reading-results.md for the evidence):
 * A chart per metric is *added* on load for every metric that has no chart card, so hiding
   charts means listing them: here every metric that is not a headline sits in one collapsed
   section ("All other metrics").
+* Group by a tag makes one group row per tag value, also for a value that only one run has (a
+  run without the tag goes into one "Additional runs" group). The view therefore groups by
+  ``setting`` only when some setting has more than one run (seeds); a suite of single-seed
+  settings is shown ungrouped. Ungrouped and sorted by start time (or unsorted), the UI nests
+  child runs under their parent, collapsed, and does not load ``runsExpanded`` from a saved
+  view; that view is therefore sorted by run name (no nesting) and searched to
+  ``tags.role = 'cell'`` (the suite's parent run left out).
+* Colours: a run's colour is its tag ``mlflow.runColor`` (what the UI's colour picker writes),
+  else a hash of its run id into a 29-colour palette, so two settings may share one. A group's
+  colour is ``localStorage["experimentRunColors"][<group id>]`` (group id
+  ``tag.setting.<value>``), else the same hash of the group id. :func:`write_suite_view` gives
+  each setting its own colour from :data:`SETTING_COLORS`: on its runs as ``mlflow.runColor`` and
+  for its group in the experiment tag :data:`GROUP_COLORS_TAG`, which ``privbench ui``'s opening
+  page (:mod:`bench.ui_app`) copies into that ``localStorage`` key.
+* Numbers: the runs table and group rows show a metric as logged (a group's mean in full
+  precision); the UI has no rounding setting a view can carry (docs/reading-results.md).
 
 Everything here is a pure function of its arguments except :func:`write_suite_view`,
 :func:`suite_metric_names` and :func:`log_dataset_input`, which talk to an ``MlflowClient``.
@@ -69,6 +85,17 @@ STRONG_MEMBERSHIP_ATTACKS = ("rmia", "lira")
 MAX_MEMBERSHIP_COLUMNS = 3
 MAX_RECONSTRUCTION_COLUMNS = 2
 DEFAULT_SORT = ("attributes.start_time", False)  # the UI's own default: newest first
+CELLS_FILTER = "tags.role = 'cell'"  # the cell runs, without the suite's parent run
+NAME_SORT = ("tags.`mlflow.runName`", True)  # by run name: a setting's seeds side by side, no nesting
+RUN_COLOR_TAG = "mlflow.runColor"  # the UI reads a run's colour from this tag (its colour picker writes it)
+GROUP_COLORS_TAG = "privbench.groupColors"  # experiment tag: {"tag.setting.<value>": colour}, for the opening page
+GROUP_COLORS_STORAGE_KEY = "experimentRunColors"  # the UI's localStorage map of group id -> colour
+# the UI's own palette (RUNS_COLOR_PALETTE in main.*.js), reordered so that neighbours differ in hue
+SETTING_COLORS = (
+    "#2272b4", "#c83243", "#308613", "#de7921", "#8a63bf", "#04867d", "#b45091", "#a6630c", "#434a93", "#facb66",
+    "#1f272d", "#8ddda8", "#e65b77", "#4299e0", "#93320b", "#5f7281", "#3ba65e", "#f792a6", "#0e538b", "#be501e",
+    "#137dae", "#9e102c", "#277c43", "#f2be88", "#8acaff", "#445461", "#c82d4c", "#115026", "#8396a5",
+)
 
 
 def column_key(group: str, name: str) -> str:
@@ -204,6 +231,7 @@ def view_state(
     all_metrics: Iterable[str] = (),
     run_name_width: int = 360,
     column_width: int = 110,
+    search_filter: str = "",
 ) -> dict[str, Any]:
     """The runs view as the UI keeps it (search facets + UI state), before encoding.
 
@@ -218,13 +246,14 @@ def view_state(
             characters).
         column_width: the least pixels of every other listed column; a metric column is as wide
             as its name (up to 300 px), the Dataset column as ``name (digest)``.
+        search_filter: the runs search, e.g. ``tags.role = 'cell'``.
     """
     cols = [_as_column(c) for c in columns]
     headline = [c[len("metrics.`") : -1] for c in cols if c.startswith("metrics.`")]
     charts, sections = suite_charts(headline, all_metrics)
     state: dict[str, Any] = {
         # search facets (the UI's defaults, but the sort)
-        "searchFilter": "",
+        "searchFilter": search_filter,
         "orderByKey": sort[0],
         "orderByAsc": bool(sort[1]),
         "startTime": "ALL",
@@ -287,6 +316,7 @@ def shared_view_state(
     all_metrics: Iterable[str] = (),
     name: str = VIEW_NAME,
     now_ms: Optional[int] = None,
+    search_filter: str = "",
 ) -> str:
     """The value of ``mlflow.sharedViewState.<key>`` for this view, exactly as the UI's "Save view"
     writes it (envelope with a deflated state). See :func:`view_state` for the arguments.
@@ -295,12 +325,12 @@ def shared_view_state(
     collapsed charts are dropped (the UI then adds those as open charts) and a warning is logged.
     """
     all_metrics = list(all_metrics)
-    state = view_state(columns, group_by_tag, sort, all_metrics)
+    state = view_state(columns, group_by_tag, sort, all_metrics, search_filter=search_filter)
     value = envelope(encode_state(state), name, now_ms)
     if len(value) > MAX_TAG_VALUE:
         log.warning("the suite view with a chart card per metric (%d metrics) is too large for an MLflow tag; "
                     "other metrics get the UI's default charts", len(all_metrics))
-        state = view_state(columns, group_by_tag, sort, ())
+        state = view_state(columns, group_by_tag, sort, (), search_filter=search_filter)
         value = envelope(encode_state(state), name, now_ms)
     if len(value) > MAX_TAG_VALUE:
         raise ValueError(f"the suite view is {len(value)} characters, over MLflow's {MAX_TAG_VALUE}: fewer columns")
@@ -310,26 +340,52 @@ def shared_view_state(
 # --------------------------------------------------------------------------- MLflow I/O
 
 
-def suite_metric_names(client, experiment_id: str) -> list[str]:
-    """Every metric name logged by the experiment's runs (all pages), sorted."""
-    names: set[str] = set()
+def _suite_runs(client, experiment_id: str) -> list:
+    runs: list = []
     token = None
     while True:
         page = client.search_runs([experiment_id], max_results=1000, page_token=token)
-        for r in page:
-            names.update(r.data.metrics)
+        runs.extend(page)
         token = page.token
         if not token:
-            return sorted(names)
+            return runs
+
+
+def suite_metric_names(client, experiment_id: str) -> list[str]:
+    """Every metric name logged by the experiment's runs (all pages), sorted."""
+    return sorted({m for r in _suite_runs(client, experiment_id) for m in r.data.metrics})
+
+
+def group_id(tag: str, value: str) -> str:
+    """The UI's id of a group row (group by the tag ``tag``): ``tag.<tag>.<value>``."""
+    return f"tag.{tag}.{value}"
+
+
+def setting_colors(settings: Sequence[str]) -> dict[str, str]:
+    """A colour per setting, in the order given (the suite's order), from :data:`SETTING_COLORS`:
+    distinct for up to 29 settings, then repeating."""
+    out: dict[str, str] = {}
+    for s in settings:
+        if s not in out:
+            out[s] = SETTING_COLORS[len(out) % len(SETTING_COLORS)]
+    return out
+
+
+def group_by_for(runs_per_setting: Mapping[str, int], tag: str = "setting") -> Optional[str]:
+    """``tag`` when some setting has more than one run, else ``None``: the UI would give each
+    single run a group row of its own."""
+    return tag if any(n > 1 for n in runs_per_setting.values()) else None
 
 
 def write_suite_view(client, experiment_id: str, metric_names: Optional[Iterable[str]] = None, key: str = VIEW_KEY) -> str:
     """Save the suite's runs view on its experiment; the UI opens it with :func:`suite_link`.
 
     Sets ``mlflow.sharedViewState.<key>`` (Dataset column, the headline metric columns, group
-    by the ``setting`` tag, the headline charts open and the rest collapsed) and
-    ``mlflow.experimentKind = custom_model_development``. Rewriting keeps the key, so links stay
-    valid; views a user saves in the UI have their own keys and are left alone.
+    by the ``setting`` tag when a setting has several runs, the headline charts open and the rest
+    collapsed) and ``mlflow.experimentKind = custom_model_development``; gives each setting a
+    colour of its own (:func:`setting_colors`: the ``mlflow.runColor`` tag of its cell runs, and
+    the experiment tag :data:`GROUP_COLORS_TAG` for its group row). Rewriting keeps the key, so
+    links stay valid; views a user saves in the UI have their own keys and are left alone.
 
     Args:
         client: an ``mlflow.MlflowClient`` on the store.
@@ -340,10 +396,31 @@ def write_suite_view(client, experiment_id: str, metric_names: Optional[Iterable
     Returns:
         The share key.
     """
-    names = suite_metric_names(client, experiment_id) if metric_names is None else sorted(set(metric_names))
+    runs = _suite_runs(client, experiment_id)
+    names = sorted({m for r in runs for m in r.data.metrics}) if metric_names is None else sorted(set(metric_names))
+    cells = sorted((r for r in runs if r.data.tags.get("role") == "cell" and r.data.tags.get("setting")),
+                   key=lambda r: (r.info.start_time or 0, r.info.run_id))
+    counts: dict[str, int] = {}
+    for r in cells:
+        counts[r.data.tags["setting"]] = counts.get(r.data.tags["setting"], 0) + 1
+    group = group_by_for(counts)
     columns = [DATASET_COLUMN, *headline_columns(names)]
-    client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + key, shared_view_state(columns, all_metrics=names))
+    # ungrouped and sorted by date, the UI nests the cells under their suite run, collapsed (a saved
+    # view cannot expand it): sorted by name it nests nothing, and the search keeps the cells alone
+    search, sort = ("", DEFAULT_SORT) if group else (CELLS_FILTER, NAME_SORT)
+    client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + key,
+                              shared_view_state(columns, group, sort, all_metrics=names, search_filter=search))
     client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    colors = setting_colors([r.data.tags["setting"] for r in cells])
+    for r in cells:
+        color = colors[r.data.tags["setting"]]
+        if r.data.tags.get(RUN_COLOR_TAG) != color:
+            client.set_tag(r.info.run_id, RUN_COLOR_TAG, color)
+    groups = json.dumps({group_id("setting", s): c for s, c in colors.items()}, ensure_ascii=False, separators=(",", ":"))
+    if len(groups) <= MAX_TAG_VALUE:
+        client.set_experiment_tag(experiment_id, GROUP_COLORS_TAG, groups)
+    else:  # thousands of settings: the groups keep the UI's hashed colours
+        log.warning("%d settings are too many for one colour map in an MLflow tag; group rows keep MLflow's colours", len(colors))
     return key
 
 

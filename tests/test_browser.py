@@ -5,11 +5,12 @@ store; ``python -m bench ui`` starts MLflow on it and prints each suite's link, 
 Chromium (selenium) opens. Asserted as a user sees it:
 
 * the runs table, not MLflow 3's GenAI overview, with the "Model training" side bar;
-* the cells grouped by defense setting, every run name (at most 40 characters) shown in full
+* no group rows (each setting has one run; a group row per single run is what MLflow would
+  draw), a distinct colour per setting, every run name (at most 40 characters) shown in full
   and no two alike;
 * a run page reached by clicking its name stays in the training-runs mode: "Runs" and "Model
-  registry" in the side bar, no "Evaluations" (the compare page is opened by its link, not yet by
-  ticking rows and clicking "Compare");
+  registry" in the side bar, no "Evaluations"; so does the compare page reached by ticking the
+  runs and clicking "Compare";
 * the headline metric columns (test accuracy, ε, δ, the attack's TPR at 1 % FPR, seconds) and a
   filled Dataset column;
 * the chart view: one "Compare defenses" section of a few charts (not one per metric) and the
@@ -69,10 +70,20 @@ CHROME_FLAGS = (
     "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--window-size=2200,1100",
 )
-# the run-name cells whose text does not fit (CSS ellipsis): [name, clipped]
+# the run-name links whose text does not fit (CSS ellipsis): [name, clipped] (the cell also holds the colour swatch)
 NAME_CELLS_JS = """
-return Array.from(document.querySelectorAll('.ag-row .ag-cell[col-id="attributes.`Run Name`"]')).map(c =>
-  [c.innerText.trim(), [c, ...c.querySelectorAll('*')].some(e => e.scrollWidth > e.clientWidth + 1)]);
+return Array.from(document.querySelectorAll('.ag-row .ag-cell[col-id="attributes.`Run Name`"] a[href*="/runs/"]')).map(a =>
+  [a.innerText.trim(), [a, ...a.querySelectorAll('*')].some(e => e.scrollWidth > e.clientWidth + 1)]);
+"""
+
+
+# the colour swatch of each run row (the UI's run colour: the `mlflow.runColor` tag privbench sets per setting)
+COLORS_JS = """
+return Array.from(document.querySelectorAll('.ag-row [data-testid="experiment-view-table-run-color"]')).map(e => {
+  const all = [e, ...e.querySelectorAll('*')].map(x => getComputedStyle(x));
+  const c = all.map(st => st.backgroundColor).find(v => v && v !== 'rgba(0, 0, 0, 0)' && v !== 'transparent');
+  return c || all.map(st => st.color).join('/');
+});
 """
 
 
@@ -157,7 +168,7 @@ def test_privbench_ui_opens_a_suite_ready_to_compare(tmp_path):
     )
     out: list[str] = []
     driver = None
-    shots = {name: tmp_path / f"{name}.png" for name in ("runs_table", "charts", "compare", "run_clicked")}
+    shots = {name: tmp_path / f"{name}.png" for name in ("runs_table", "charts", "compare", "run_clicked", "compare_clicked")}
     try:
         links = _read_links(ui, out, timeout=90)
         assert len(links) == 1 and "viewStateShareKey=" in links[0] and "workflowType=machine_learning" in links[0], out
@@ -183,10 +194,14 @@ def test_privbench_ui_opens_a_suite_ready_to_compare(tmp_path):
         text = body()
         assert not any(t in text for t in GENAI_OVERVIEW), "MLflow opened its GenAI overview"
         assert "Model training" in text
-        assert "Group by: setting" in text and text.count("Group: ") == 3
+        # one seed per setting: no group rows (the UI would give each single run one of its own)
+        assert "Group by: " not in text and text.count("Group: ") == 0 and "Additional runs" not in text, text[:600]
+        assert "browsertest · 20" not in text  # the suite's parent run is not listed among the cells
+        colors = driver.execute_script(COLORS_JS)
+        assert len(colors) == 3 and len(set(colors)) == 3, colors  # a colour per setting, as in the charts
         assert all(len(n) <= 40 for n in names), names
         cells_shown = [(n, clipped) for n, clipped in driver.execute_script(NAME_CELLS_JS) if n in names]
-        assert sorted(n for n, _ in cells_shown) == names  # each cell once: no two visible names alike
+        assert sorted(n for n, _ in cells_shown) == names, driver.execute_script(NAME_CELLS_JS)  # each cell once: no two alike
         assert not [n for n, clipped in cells_shown if clipped], f"run names cut: {cells_shown}"
         assert driver.save_screenshot(str(shots["runs_table"]))
 
@@ -200,6 +215,20 @@ def test_privbench_ui_opens_a_suite_ready_to_compare(tmp_path):
         assert all(t in text for t in TRAINING_NAV), text[:400]
         assert driver.save_screenshot(str(shots["run_clicked"]))
 
+
+        # 1c. back to the table, tick every run and click Compare: MLflow's compare page, training-runs mode
+        driver.get(link)
+        wait.until(lambda d: all(n in body() for n in names) and d.find_elements(By.CSS_SELECTOR, ".ag-row"))
+        for box in driver.find_elements(By.CSS_SELECTOR, ".ag-row .ag-selection-checkbox input, .ag-row input[type=checkbox]"):
+            if not box.is_selected():
+                driver.execute_script("arguments[0].click();", box)
+        button = wait.until(lambda d: [b for b in d.find_elements(By.CSS_SELECTOR, "button") if b.text.strip().startswith("Compare")
+                                       and b.is_enabled()] or None)[0]
+        button.click()
+        wait.until(lambda d: "compare-runs" in d.current_url and "Comparing 3 Runs" in body() and all(n in body() for n in names))
+        text = body()
+        assert not [t for t in GENAI_NAV if t in text] and all(t in text for t in TRAINING_NAV), text[:400]
+        assert driver.save_screenshot(str(shots["compare_clicked"]))
 
         # 2. the chart view: the headline charts open, the other metrics collapsed
         driver.get(link + "&compareRunsMode=CHART")

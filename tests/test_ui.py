@@ -233,3 +233,52 @@ def test_local_store_paths():
     assert local_store_path("sqlite:///rel/mlflow.db") == Path("rel/mlflow.db")
     assert local_store_path("/abs/mlruns") == Path("/abs/mlruns")
     assert local_store_path("postgresql://u@h/db") is None and local_store_path("http://h:5000") is None
+
+
+def test_colours_and_grouping_are_what_the_ui_bundle_reads(bundle):
+    """Issue 23: two pairs of settings shared a chart colour (the UI hashes run and group ids into its
+    palette) and every single-seed setting got a group row. The keys written here are the ones the
+    installed UI reads."""
+    from bench import ui_app
+
+    palette = re.search(r'const r=\[("#[0-9a-f]{6}"(?:,"#[0-9a-f]{6}")+)\]', bundle)
+    assert palette, "the UI's run colour palette moved"
+    assert sorted(mv.SETTING_COLORS) == sorted(json.loads(f"[{palette.group(1)}]"))  # the UI's own colours, each once
+    assert f'"{mv.RUN_COLOR_TAG}"' in bundle and f'"{mv.GROUP_COLORS_STORAGE_KEY}"' in bundle
+    assert "=({groupByData:e,mode:t,value:n})=>`${t}.${e}.${n||null}`" in bundle  # group id = tag.<tag>.<value>
+    assert mv.group_id("setting", "no defense") == "tag.setting.no defense"
+    page = ui_app.OPEN_PAGE.decode()
+    assert ui_app.GROUP_COLORS_TAG == mv.GROUP_COLORS_TAG and ui_app.COLORS_STORAGE_KEY == mv.GROUP_COLORS_STORAGE_KEY
+    assert mv.GROUP_COLORS_TAG in page and mv.GROUP_COLORS_STORAGE_KEY in page and "/ajax-api/2.0/mlflow/experiments/get" in page
+
+    colors = mv.setting_colors(["a", "b", "a", "c"])
+    assert list(colors) == ["a", "b", "c"] and len(set(colors.values())) == 3
+    many = mv.setting_colors([str(i) for i in range(40)])
+    assert len(set(list(many.values())[:29])) == 29  # distinct while the palette lasts
+    assert mv.group_by_for({"a": 1, "b": 1}) is None and mv.group_by_for({"a": 3, "b": 1}) == "setting"
+
+
+def test_write_suite_view_colours_each_setting_and_groups_only_settings_with_seeds(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    single, seeded = client.create_experiment("single"), client.create_experiment("seeded")
+    runs = {}
+    for exp, settings in ((single, ["no defense", "dp", "clip"]), (seeded, ["no defense", "no defense", "dp", "dp", "clip"])):
+        for i, s in enumerate(settings):
+            r = client.create_run(exp, tags={"role": "cell", "setting": s}, start_time=1000 + i).info.run_id
+            client.log_metric(r, "utility/test_accuracy", 0.5)
+            runs.setdefault(exp, []).append((r, s))
+    for exp, grouped in ((single, None), (seeded, "setting")):
+        mv.write_suite_view(client, exp)
+        tags = client.get_experiment(exp).tags
+        state = mv.decode_view(tags["mlflow.sharedViewState.privbench"])
+        assert (state["groupBy"] or {}).get("groupByKeys", [{}])[0].get("groupByData") == grouped
+        run_colors = {s: set() for _, s in runs[exp]}
+        for r, s in runs[exp]:
+            run_colors[s].add(client.get_run(r).data.tags[mv.RUN_COLOR_TAG])
+        assert all(len(c) == 1 for c in run_colors.values())  # the seeds of a setting share its colour
+        assert len({next(iter(c)) for c in run_colors.values()}) == 3  # and no two settings share one
+        groups = json.loads(tags[mv.GROUP_COLORS_TAG])
+        assert groups == {f"tag.setting.{s}": next(iter(c)) for s, c in run_colors.items()}
+    assert json.loads(client.get_experiment(single).tags[mv.GROUP_COLORS_TAG])["tag.setting.no defense"] == mv.SETTING_COLORS[0]
