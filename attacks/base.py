@@ -11,10 +11,12 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
 from bench.registry import ATTACKS, Registry  # noqa: F401  (the registry is a leaf of bench)
+from bench.lazy import lazy, no_grad
 
+# torch imported on first use (bench/lazy.py): `privbench list` and `validate` load this module without it
+torch = lazy("torch", globals())
 
 
 class Attack:
@@ -48,7 +50,7 @@ class Attack:
         raise NotImplementedError
 
 
-@torch.no_grad()
+@no_grad  # torch.no_grad(), torch imported at the first call
 def per_example_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 4096) -> torch.Tensor:
     """Cross-entropy loss of each example under ``model`` (evaluation mode)."""
     model.eval()

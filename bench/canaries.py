@@ -21,9 +21,12 @@ import dataclasses
 from typing import Optional
 
 import numpy as np
-import torch
 
 from bench.types import CanaryDirections, ConfigError, Federation, InsertedCanaries
+from bench.lazy import lazy
+
+# torch imported on first use (bench/lazy.py): `privbench list` and `validate` load this module without it
+torch = lazy("torch", globals())
 
 
 def make_directions(kind: str, m: int, num_params: int, first_id: int, rng: np.random.Generator) -> CanaryDirections:

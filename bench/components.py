@@ -37,17 +37,25 @@ def check_model_and_sites(cfg, info, site_names) -> None:
     """The attacks' structural hooks, before training:
 
     * ``check_model(params, model, info)``: the attack can work on this architecture (e.g. the
-      analytic inversion needs a fully connected input layer);
+      analytic inversion needs a fully connected input layer); where the attack also has
+      ``check_input_layer(params, layer, info)`` and the model describes its first layer
+      (``input_layer(info, cfg)``, the built-ins), that is called instead and nothing is built
+      (``privbench validate`` without torch);
     * ``check_sites(params, names)``: hospitals the attack names exist (``site_names`` None:
       not known yet, checked once the data is loaded).
     """
     model = None
+    mcls = registry("model").get(cfg.model.name)
     for spec in cfg.attacks:
         acls = component_class("attack", spec.name)
         hook = getattr(acls, "check_model", None)
-        if hook is not None:
+        light = getattr(acls, "check_input_layer", None)
+        described = getattr(mcls, "input_layer", None)
+        if hook is not None and light is not None and described is not None:
+            light(spec.params, described(info, cfg.model), info)  # the same decision without building (or torch)
+        elif hook is not None:
             if model is None:
-                model = registry("model").get(cfg.model.name).build(info, cfg.model)
+                model = mcls.build(info, cfg.model)
             hook(spec.params, model, info)
         hook = getattr(acls, "check_sites", None)
         if hook is not None and site_names is not None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import sys
 import typing
 from typing import Any, Optional
 
@@ -227,8 +228,9 @@ def check_model(obj: Any, name: str) -> Any:
 def _is_module_class(obj: Any) -> bool:
     if not inspect.isclass(obj):
         return False
-    import torch
-
+    torch = sys.modules.get("torch")
+    if torch is None:  # no torch.nn.Module subclass exists before torch is imported (`privbench list` stays without it)
+        return False
     return issubclass(obj, torch.nn.Module)
 
 

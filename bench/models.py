@@ -6,12 +6,13 @@ are well defined.
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-
 from bench.registry import MODELS, Registry  # noqa: F401  (the registry is a leaf of bench)
-from bench.types import ConfigError, DatasetInfo
+from bench.types import ConfigError, DatasetInfo, InputLayer
+from bench.lazy import lazy
 
+# torch imported on first use (bench/lazy.py): `privbench list` and `validate` load this module without it
+torch = lazy("torch", globals())
+nn = lazy("torch.nn", globals())
 
 
 def flatten(model: nn.Module) -> torch.Tensor:
@@ -50,6 +51,11 @@ class LogisticRegression:
     def build(info: DatasetInfo, cfg) -> nn.Module:
         return nn.Sequential(nn.Flatten(), nn.Linear(info.num_inputs, info.num_classes))
 
+    @staticmethod
+    def input_layer(info: DatasetInfo, cfg) -> InputLayer:
+        """The first layer :meth:`build` makes, without torch: ``Linear`` on the whole record."""
+        return InputLayer("1", "Linear", info.num_inputs, bias=True)
+
 
 @MODELS.register("mlp")
 class MLP:
@@ -69,6 +75,11 @@ class MLP:
             width = h
         layers.append(nn.Linear(width, info.num_classes))
         return nn.Sequential(*layers)
+
+    @staticmethod
+    def input_layer(info: DatasetInfo, cfg) -> InputLayer:
+        """The first layer :meth:`build` makes, without torch: ``Linear`` on the whole record."""
+        return InputLayer("1", "Linear", info.num_inputs, bias=True)
 
 
 @MODELS.register("cnn")
@@ -100,6 +111,11 @@ class SmallCNN:
             nn.Flatten(),
             nn.Linear(8 * c, info.num_classes),
         )
+
+    @staticmethod
+    def input_layer(info: DatasetInfo, cfg) -> InputLayer:
+        """The first layer :meth:`build` makes, without torch: a ``Conv2d`` with bias."""
+        return InputLayer("0", "Conv2d", None, bias=True)
 
 
 def build_model(info: DatasetInfo, cfg, generator: torch.Generator) -> nn.Module:

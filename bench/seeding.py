@@ -17,7 +17,11 @@ import numbers
 from dataclasses import dataclass
 
 import numpy as np
-import torch
+
+from bench.lazy import lazy
+
+# torch imported on first use (bench/lazy.py): `privbench list` and `validate` load this module without it
+torch = lazy("torch", globals())
 
 
 def _words(names: tuple[object, ...]) -> list[int]:

@@ -7,11 +7,14 @@ from dataclasses import dataclass
 from typing import Mapping, Optional
 
 import numpy as np
-import torch
-from torch import nn
 
 from bench.models import flatten, load_flat
 from bench.types import InsertedCanaries, LocalResult, Records
+from bench.lazy import lazy, no_grad
+
+# torch imported on first use (bench/lazy.py): `privbench list` and `validate` load this module without it
+torch = lazy("torch", globals())
+nn = lazy("torch.nn", globals())
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ class LeanSGD:
             elif p.grad is not None:
                 p.grad.detach_().zero_()
 
-    @torch.no_grad()
+    @no_grad  # torch.no_grad(), torch imported at the first call
     def step(self) -> None:
         for p in self.params:
             if p.grad is None:

@@ -73,6 +73,28 @@ class DatasetInfo:
         return int(np.prod(self.input_shape))
 
 
+
+@dataclass(frozen=True)
+class InputLayer:
+    """The first layer with parameters of a model, described without building it (so that
+    ``privbench validate`` checks an architecture without importing torch).
+
+    A built-in model states it through ``input_layer(info, cfg)``; an attack's
+    ``check_input_layer(params, layer, info)`` decides on it exactly as its ``check_model`` would
+    on the built model (tests/test_startup.py compares the two).
+
+    Attributes:
+        path: the layer's name in ``named_modules()`` (``"1"`` for the second entry of a Sequential).
+        type: its class name (``Linear``, ``Conv2d``).
+        in_features: the inputs of a ``Linear`` (None for other layers).
+        bias: whether it has a bias.
+    """
+
+    path: str
+    type: str
+    in_features: Optional[int] = None
+    bias: bool = True
+
 @dataclass(frozen=True)
 class Records:
     """A block of records with stable integer ids (ids are unique within a federation)."""

@@ -17,11 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence
 
-import torch
-
 from bench.registry import DEFENSES, Registry  # noqa: F401  (the registry is a leaf of bench)
 from bench.types import DPEvent
+from bench.lazy import lazy
 
+# torch imported on first use (bench/lazy.py): `privbench list` and `validate` load this module without it
+torch = lazy("torch", globals())
 
 
 @dataclass(frozen=True)

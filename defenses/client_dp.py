@@ -12,11 +12,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-import torch
-
 from bench.types import ConfigError, DPEvent
 from defenses.base import DEFENSES, ClientContext, Defense, FederationFacts, ServerContext, on_rows
 from defenses.clipping import clip_l2
+from bench.lazy import lazy
+
+# torch imported on first use (bench/lazy.py): `privbench list` and `validate` load this module without it
+torch = lazy("torch", globals())
+
 
 log = logging.getLogger(__name__)
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
 from defenses.base import DEFENSES, ClientContext, Defense, FederationFacts, on_rows
+from bench.lazy import lazy
+
+# torch imported on first use (bench/lazy.py): `privbench list` and `validate` load this module without it
+torch = lazy("torch", globals())
 
 
 def clip_l2(update: torch.Tensor, max_norm: float) -> torch.Tensor:

@@ -25,14 +25,17 @@ from typing import Any, Literal, Optional, Sequence
 
 import numpy as np
 
-import torch
-from torch import nn
-
 from bench.accounting import default_delta
 from bench.models import flatten, load_flat
 from bench.training import local_optimizer, make_optimizer
 from bench.types import ConfigError, DPEvent, LocalResult, safe_label
 from defenses.base import DEFENSES, Defense, FederationFacts
+from bench.lazy import lazy
+
+# torch imported on first use (bench/lazy.py): `privbench list` and `validate` load this module without it
+torch = lazy("torch", globals())
+nn = lazy("torch.nn", globals())
+
 
 log = logging.getLogger(__name__)
 _FALLBACKS_TOLD: set[str] = set()  # engine fallbacks already warned about in this process

@@ -14,7 +14,6 @@ import logging
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
-import torch
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -22,6 +21,11 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from bench.types import ConfigError
 from defenses.base import DEFENSES, Defense
+from bench.lazy import lazy
+
+# torch imported on first use (bench/lazy.py): `privbench list` and `validate` load this module without it
+torch = lazy("torch", globals())
+
 
 log = logging.getLogger(__name__)
 

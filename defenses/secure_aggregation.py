@@ -17,12 +17,16 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Optional
 
 import numpy as np
-import torch
 
 from bench.types import ConfigError, ProtocolAbort
 from defenses.base import DEFENSES, Defense, ServerContext, weighted_sum
 from defenses.secagg.protocol import DROPOUT_ROUNDS, ROUNDS, DropoutRound, harary_graph, secure_sum
 from defenses.secagg.quantization import Quantizer
+from bench.lazy import lazy
+
+# torch imported on first use (bench/lazy.py): `privbench list` and `validate` load this module without it
+torch = lazy("torch", globals())
+
 
 log = logging.getLogger(__name__)
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import torch
-
 from defenses.base import DEFENSES, ClientContext, Defense, FederationFacts, on_rows
+from bench.lazy import lazy
+
+# torch imported on first use (bench/lazy.py): `privbench list` and `validate` load this module without it
+torch = lazy("torch", globals())
 
 
 def top_k_rows(updates: torch.Tensor, keep_fraction: float) -> torch.Tensor:

@@ -24,6 +24,7 @@ STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 ALLOWED_BENCH_MODULES = {
     "bench.types",  # the shared vocabulary (DESIGN.md)
     "bench.registry",  # the tiny name -> factory map each family's registry is built on
+    "bench.lazy",  # torch/scipy imported on first use, so `privbench list`/`validate` go without them (issue 26)
 }
 # Single names from other bench modules, allowed as "small shared helpers" (DESIGN.md).
 # Everything else in these modules (e.g. the MODELS registry, PlainTrainer) stays off limits.
@@ -60,12 +61,18 @@ def imports_of(source: str, module_path: str) -> list[tuple[int, str, str | None
     """``(line, absolute module, imported name or None)`` for every import in ``source``.
 
     Relative imports are resolved against ``module_path`` (``attacks.membership.lira``);
-    imports inside functions and ``if TYPE_CHECKING`` blocks count too.
+    imports inside functions and ``if TYPE_CHECKING`` blocks count too, and so does a
+    :func:`bench.lazy.lazy` stand-in (``torch = lazy("torch", globals())``, ``lazy("scipy.stats:norm", ...)``),
+    which is an import that waits for first use.
     """
     out: list[tuple[int, str, str | None]] = []
     here = module_path.split(".")
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
+        target = lazy_target(node)
+        if target is not None:
+            module, _, attr = target.partition(":")
+            out.append((node.lineno, module, attr or None))
+        elif isinstance(node, ast.Import):
             out += [(node.lineno, alias.name, None) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
@@ -75,6 +82,14 @@ def imports_of(source: str, module_path: str) -> list[tuple[int, str, str | None
                 module = node.module or ""
             out += [(node.lineno, module, alias.name) for alias in node.names]
     return out
+
+
+def lazy_target(node: ast.AST) -> str | None:
+    """``"module"`` or ``"module:attr"`` of a ``lazy("...", globals())`` call (bench/lazy.py), else None."""
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "lazy" and node.args
+            and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+        return node.args[0].value
+    return None
 
 
 def violations(source: str, package: str, module_path: str) -> list[str]:
@@ -121,6 +136,10 @@ def test_the_checker_catches_what_it_should():
         "def f():\n    from cryptography.hazmat.primitives import hashes\n"
     )
     assert violations(good, "attacks", "attacks.inversion.dlg") == []
+    lazy_good = ('from bench.lazy import lazy, no_grad\ntorch = lazy("torch", globals())\n'
+                 'norm = lazy("scipy.stats:norm", globals())\nvmap = lazy("torch.func:vmap", globals())\n')
+    assert violations(lazy_good, "attacks", "attacks.inversion.dlg") == []
+    assert [m for _, m, _ in imports_of(lazy_good, "attacks.inversion.dlg")] == ["bench.lazy", "bench.lazy", "torch", "scipy.stats", "torch.func"]
     cases = {
         "import pandas": "pandas",
         "from sklearn.metrics import roc_auc_score": "sklearn",
@@ -130,6 +149,8 @@ def test_the_checker_catches_what_it_should():
         "import bench.models": "bench.models",
         "from defenses.clipping import clip_l2": "defenses.clipping",  # the other family
         "def f():\n    from bench.data import build_federation": "bench.data",  # hidden in a function
+        'pd = lazy("pandas", globals(), "pd")': "pandas",  # an import that waits is still an import
+        'score = lazy("bench.metrics:score", globals())': "bench.metrics",
     }
     for src, needle in cases.items():
         got = violations(src, "attacks", "attacks.membership.lira")
@@ -161,7 +182,7 @@ def import_graph(packages=PACKAGES) -> dict[str, set[str]]:
     ``from bench import config``: ``bench.config``), not to the parent packages Python initialises
     on the way, which is the package's structure rather than a dependency someone wrote.
     Lazy ``module:attr`` references (the registries' entries, resolved by importlib) are data,
-    not imports.
+    not imports; a ``lazy("module:attr", globals())`` stand-in (bench/lazy.py) is an import.
     """
     mods: dict[str, tuple[Path, bool]] = {}
     for package in packages:
@@ -178,7 +199,10 @@ def import_graph(packages=PACKAGES) -> dict[str, set[str]]:
         for node in ast.walk(tree):
             if id(node) in skip:
                 continue
-            if isinstance(node, ast.Import):
+            lazy = lazy_target(node)
+            if lazy is not None:  # lazy("module:attr", globals()): an import that waits for first use
+                targets = [lazy.partition(":")[0]]
+            elif isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
                 base = ".".join(here[: len(here) - node.level + 1] + ([node.module] if node.module else [])) if node.level else node.module

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 import numpy as np
-import torch
 
 from attacks.attribute.common import (
     Target, cross_fit, candidate_values, feature_of, groups_of, hide, imputation_scores, log_priors, unique_max, with_value,
@@ -14,9 +13,13 @@ from attacks.attribute.common import (
 from attacks.base import ATTACKS, Attack
 from bench.models import load_flat
 from bench.types import AttributeGuesses, AttributeInferences, ConfigError, OutsiderView
+from bench.lazy import lazy, no_grad
+
+# torch imported on first use (bench/lazy.py): `privbench list` and `validate` load this module without it
+torch = lazy("torch", globals())
 
 
-@torch.no_grad()
+@no_grad  # torch.no_grad(), torch imported at the first call
 def value_log_proba(model: torch.nn.Module, hidden: torch.Tensor, feat, values: np.ndarray) -> torch.Tensor:
     """(V, n, C) log-probabilities of the model on each record with the attribute set to each value."""
     model.eval()

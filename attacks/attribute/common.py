@@ -14,10 +14,13 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
-import torch
-from scipy import optimize
 
 from bench.types import ConfigError, DatasetInfo, Feature, Records, safe_label
+from bench.lazy import lazy
+
+# scipy and torch imported on first use (bench/lazy.py): `privbench list` and `validate` load this module without them
+torch = lazy("torch", globals())
+optimize = lazy("scipy.optimize", globals())
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from attacks.attribute.blackbox import AttributeInference
 from attacks.attribute.common import Target, cross_fit, candidate_values, feature_of, groups_of, hide, imputation_scores, with_value
 from attacks.base import ATTACKS, Attack
 from attacks.membership.update_cosine import cosine_matrix, per_record_gradients
 from bench.types import AttributeGuesses, AttributeInferences, ConfigError, Records, ServerView
+from bench.lazy import lazy
+
+# torch imported on first use (bench/lazy.py): `privbench list` and `validate` load this module without it
+torch = lazy("torch", globals())
 
 
 @ATTACKS.register("attribute_inference_server")

@@ -6,11 +6,14 @@ import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from attacks.base import ATTACKS, Attack, per_example_loss
 from bench.models import load_flat
 from bench.types import AuditScores, ConfigError, DatasetInfo, Federation, OutsiderView, Records, Site
+from bench.lazy import lazy
+
+# torch imported on first use (bench/lazy.py): `privbench list` and `validate` load this module without it
+torch = lazy("torch", globals())
 
 
 def make_canaries(info: DatasetInfo, m: int, first_id: int, rng: np.random.Generator, scale: float = 1.0) -> Records:

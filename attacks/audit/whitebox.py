@@ -13,11 +13,14 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 import numpy as np
-import torch
 
 from attacks.base import ATTACKS, Attack
 from bench.canaries import insert_audit_canaries
 from bench.types import AuditScores, ConfigError, Federation, ServerView
+from bench.lazy import lazy
+
+# torch imported on first use (bench/lazy.py): `privbench list` and `validate` load this module without it
+torch = lazy("torch", globals())
 
 
 def _defense(cfg, name: str):

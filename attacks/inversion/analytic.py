@@ -5,13 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from attacks.base import ATTACKS, Attack
 from attacks.inversion.common import (
     FlatModel, InversionParams, Problem, Solved, check_replayable, check_sites, run_inversion,
 )
-from bench.types import ConfigError, DatasetInfo, Reconstructions, ServerView
+from bench.types import ConfigError, DatasetInfo, InputLayer, Reconstructions, ServerView
+from bench.lazy import lazy
+
+# torch imported on first use (bench/lazy.py): `privbench list` and `validate` load this module without it
+torch = lazy("torch", globals())
 
 
 def input_layer(fm: FlatModel, info: DatasetInfo) -> tuple[tuple[int, int], tuple[int, int], int]:
@@ -21,22 +24,30 @@ def input_layer(fm: FlatModel, info: DatasetInfo) -> tuple[tuple[int, int], tupl
         own = list(mod.parameters(recurse=False))
         if not own:
             continue
-        if not isinstance(mod, torch.nn.Linear) or mod.bias is None or mod.in_features != info.num_inputs:
-            if not isinstance(mod, torch.nn.Linear):
-                what = type(mod).__name__
-            elif mod.bias is None:
-                what = "Linear without bias"
-            else:  # e.g. a layer applied to parts of the record (tokens, visits): it never sees a whole record
-                what = f"Linear on {mod.in_features} inputs, not on the whole record"
-            named = f" ({prefix})" if prefix and not prefix.isdigit() else ""
-            raise ConfigError(
-                f"model: the first layer with parameters{named} is {what}; the analytic attack needs a fully connected input layer "
-                "with bias that sees the whole record (use logreg or mlp, or a gradient-matching attack: inverting_gradients, dlg)"
-            )
+        linear = isinstance(mod, torch.nn.Linear)
+        refuse_input_layer(InputLayer(prefix, "Linear" if linear else type(mod).__name__,
+                                      mod.in_features if linear else None, mod.bias is not None if linear else True), info)
         off = fm.offsets()
         pre = f"{prefix}." if prefix else ""
         return off[pre + "weight"], off[pre + "bias"], mod.out_features
     raise ConfigError("model: no parameters; the analytic attack needs a fully connected input layer with bias")
+
+
+def refuse_input_layer(layer: InputLayer, info: DatasetInfo) -> None:
+    """``ConfigError`` unless ``layer`` (a model's first layer with parameters) is ``Linear`` with
+    bias on the whole record."""
+    if layer.type != "Linear" or not layer.bias or layer.in_features != info.num_inputs:
+        if layer.type != "Linear":
+            what = layer.type
+        elif not layer.bias:
+            what = "Linear without bias"
+        else:  # e.g. a layer applied to parts of the record (tokens, visits): it never sees a whole record
+            what = f"Linear on {layer.in_features} inputs, not on the whole record"
+        named = f" ({layer.path})" if layer.path and not layer.path.isdigit() else ""
+        raise ConfigError(
+            f"model: the first layer with parameters{named} is {what}; the analytic attack needs a fully connected input layer "
+            "with bias that sees the whole record (use logreg or mlp, or a gradient-matching attack: inverting_gradients, dlg)"
+        )
 
 
 def invert_linear(dw: torch.Tensor, db: torch.Tensor, k: int, rel_tol: float = 1e-6) -> torch.Tensor:
@@ -93,6 +104,12 @@ class Analytic(Attack):
         """Before training: the model's first layer must be fully connected with bias (the
         same test the attack makes on the server's model), e.g. not a CNN."""
         input_layer(FlatModel.of(lambda: model), info)
+
+    @classmethod
+    def check_input_layer(cls, params, layer: InputLayer, info: DatasetInfo) -> None:
+        """:meth:`check_model` on a model's first layer described without building it (a built-in
+        model's ``input_layer``): the same decision and message, without torch."""
+        refuse_input_layer(layer, info)
 
     def solve(self, fm: FlatModel, info: DatasetInfo, prob: Problem, gen: torch.Generator) -> Solved:
         (ws, we), (bs, be), units = input_layer(fm, info)

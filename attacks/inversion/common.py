@@ -22,10 +22,17 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import numpy as np
-import torch
-from torch.func import functional_call, grad, grad_and_value, vmap
 
 from bench.types import ConfigError, DatasetInfo, Disclosure, Reconstructions, ServerView
+from bench.lazy import lazy
+
+# torch imported on first use (bench/lazy.py): `privbench list` and `validate` load this module without it
+torch = lazy("torch", globals())
+functional_call = lazy("torch.func:functional_call", globals())
+grad = lazy("torch.func:grad", globals())
+grad_and_value = lazy("torch.func:grad_and_value", globals())
+vmap = lazy("torch.func:vmap", globals())
+
 
 AGGREGATE = "aggregate"
 
@@ -420,8 +427,9 @@ def batch_size_of(t: Target) -> int:
     return int(t.disclosure.num_samples)
 
 
-Solver = Callable[[FlatModel, DatasetInfo, Problem, torch.Generator], "Solved"]
-Combiner = Callable[[torch.Tensor, torch.Tensor, DatasetInfo], tuple[torch.Tensor, torch.Tensor]]
+# torch's types as forward references: the aliases are built at import, torch is not imported then (bench/lazy.py)
+Solver = Callable[[FlatModel, DatasetInfo, Problem, "torch.Generator"], "Solved"]
+Combiner = Callable[["torch.Tensor", "torch.Tensor", DatasetInfo], tuple["torch.Tensor", "torch.Tensor"]]
 
 
 class single_thread:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
 from attacks.base import ATTACKS, Attack
 from attacks.inversion.common import (
     FlatModel, InversionParams, Problem, Solved, OptimisationAttack, cosine_distance, objective_fn, optimise_adam,
     random_inputs, stack_problem,
 )
 from bench.types import DatasetInfo
+from bench.lazy import lazy
+
+# torch imported on first use (bench/lazy.py): `privbench list` and `validate` load this module without it
+torch = lazy("torch", globals())
 
 
 def image_box(info: DatasetInfo):

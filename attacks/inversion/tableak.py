@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-from scipy.optimize import linear_sum_assignment
 
 from attacks.base import ATTACKS, Attack
 from attacks.inversion.common import (
@@ -14,6 +12,11 @@ from attacks.inversion.common import (
     run_inversion, stack_problem,
 )
 from bench.types import ConfigError, DatasetInfo, Reconstructions, ServerView
+from bench.lazy import lazy
+
+# scipy and torch imported on first use (bench/lazy.py): `privbench list` and `validate` load this module without them
+torch = lazy("torch", globals())
+linear_sum_assignment = lazy("scipy.optimize:linear_sum_assignment", globals())
 
 
 def softmax_decoder(info: DatasetInfo, temperature: float):

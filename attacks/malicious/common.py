@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import torch
-
 from bench.types import ConfigError
+from bench.lazy import lazy
+
+# torch imported on first use (bench/lazy.py): `privbench list` and `validate` load this module without it
+torch = lazy("torch", globals())
+
 
 ADVERSARY = "malicious_server"
 

@@ -11,36 +11,26 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-from torch import nn
 
 from attacks.base import ATTACKS, Attack
 from attacks.inversion.common import AGGREGATE
 from attacks.malicious.common import ADVERSARY, check_one_malicious, offsets, participants_of, refuse_outsiders
 from bench.types import ConfigError, PlanInputs, Reconstruction, Reconstructions, ServerPlan, ServerView
+from bench.lazy import lazy
+
+# torch imported on first use (bench/lazy.py): `privbench list` and `validate` load this module without it
+torch = lazy("torch", globals())
+nn = lazy("torch.nn", globals())
 
 
-class Imprinted(nn.Module):
-    """The imprint module in front of the configured model (Fowl et al., Sec. 3, "binning").
+def __getattr__(name: str):
+    """``attacks.malicious.imprint.Imprinted`` still names the module class (defined in
+    :mod:`attacks.malicious.imprinted`, imported on first use with torch)."""
+    if name == "Imprinted":
+        from attacks.malicious.imprinted import Imprinted
 
-    ``imprint`` (d -> k, ReLU) measures every record along one direction a: unit i fires when
-    a·x exceeds threshold t_i (cumulative bins). ``spread`` (k -> d, no bias) adds its
-    activations back onto the record with identical columns, so that every bin receives the
-    same output gradient for a given record (the precondition of the read-out); the residual
-    connection keeps the configured model's input (and hence its utility) nearly unchanged
-    when the coupling is small.
-    """
-
-    def __init__(self, inner: nn.Module, num_inputs: int, bins: int) -> None:
-        super().__init__()
-        self.imprint = nn.Linear(num_inputs, bins)
-        self.spread = nn.Linear(bins, num_inputs, bias=False)
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(x.shape[0], -1)
-        mixed = flat + self.spread(torch.relu(self.imprint(flat)))
-        return self.inner(mixed.reshape(x.shape))
+        return Imprinted
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def trap_parameters(direction: torch.Tensor, thresholds: torch.Tensor, scale: float, coupling: float) -> torch.Tensor:
@@ -146,6 +136,8 @@ class Imprint(Attack):
         trap = trap_parameters(direction.float(), qs.float(), p.scale, p.coupling)
         self.direction = direction
 
+        from attacks.malicious.imprinted import Imprinted
+
         def model_fn() -> nn.Module:
             return Imprinted(inputs.model_fn(), d, p.bins)
 
@@ -164,6 +156,8 @@ class Imprint(Attack):
         p = self.params
         if view.adversary != ADVERSARY:
             raise ConfigError("attacks.imprint: the server did not act maliciously in this run (no ServerPlan was applied)")
+        from attacks.malicious.imprinted import Imprinted
+
         model = view.model_fn()
         if not isinstance(model, Imprinted):
             raise ConfigError("attacks.imprint: the model the hospitals trained has no imprint module")

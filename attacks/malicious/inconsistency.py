@@ -12,13 +12,17 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 import numpy as np
-import torch
-from torch import nn
 
 from attacks.base import ATTACKS, Attack
 from attacks.inversion.common import InversionParams, check_replayable
 from attacks.malicious.common import ADVERSARY, check_one_malicious, offsets, participants_of
 from bench.types import ConfigError, PlanInputs, Reconstructions, ServerPlan, ServerRound, ServerView
+from bench.lazy import lazy
+
+# torch imported on first use (bench/lazy.py): `privbench list` and `validate` load this module without it
+torch = lazy("torch", globals())
+nn = lazy("torch.nn", globals())
+
 
 DEAD_BIAS = -1e4  # pre-activations this negative keep every ReLU shut for any standardised input
 

@@ -6,11 +6,15 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 import numpy as np
-from scipy import stats
 
 from attacks.base import ATTACKS, Attack, per_example_loss
 from bench.models import load_flat
 from bench.types import MembershipScores, PeerView
+from bench.lazy import lazy
+
+# scipy imported on first use (bench/lazy.py): `privbench list` and `validate` load this module without it
+stats = lazy("scipy.stats", globals())
+
 
 _MIN_STD = 1e-6
 

@@ -6,10 +6,14 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 import numpy as np
-from scipy import stats
 
 from attacks.base import ATTACKS, Attack, candidate_scores, reference_signals
 from bench.types import ConfigError, MembershipScores, OutsiderView, ReferenceSignals
+from bench.lazy import lazy
+
+# scipy imported on first use (bench/lazy.py): `privbench list` and `validate` load this module without it
+stats = lazy("scipy.stats", globals())
+
 
 A_GRID = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
 

@@ -6,11 +6,16 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import torch
-from torch.func import functional_call, grad, vmap
 
 from attacks.base import ATTACKS, Attack
 from bench.types import ConfigError, MembershipScores, Records, ServerView
+from bench.lazy import lazy
+
+# torch imported on first use (bench/lazy.py): `privbench list` and `validate` load this module without it
+torch = lazy("torch", globals())
+functional_call = lazy("torch.func:functional_call", globals())
+grad = lazy("torch.func:grad", globals())
+vmap = lazy("torch.func:vmap", globals())
 
 
 def per_record_gradients(model: torch.nn.Module, flat: torch.Tensor, records: Records, chunk: int = 2048) -> torch.Tensor:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
-import torch
 
 from bench.data.partition import dirichlet_partition, iid_partition, split_site  # noqa: F401
 from bench.data.sites import _site_indices, site_names  # noqa: F401  (a leaf: csv_data and bench.components use it)
@@ -17,6 +16,10 @@ from bench.types import ConfigError, DatasetInfo, Federation, GroundTruth, Recor
 
 from bench.data import csv_data, heart_disease, images, sklearn_sets  # noqa: E402,F401  (registration)
 from bench.data.csv_data import CsvReport, csv_report, describe_csv  # noqa: E402,F401  (for `validate --data`)
+from bench.lazy import lazy
+
+# torch imported on first use (bench/lazy.py): `privbench list` and `validate` load this module without it
+torch = lazy("torch", globals())
 
 
 def dataset_display_name(cfg) -> str:
