@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from bench.report.families import ATTACK_METRIC, compared_metrics, within_cell_interval
+from bench.report.families import ATTACK_METRIC, SIGNAL_METRIC, compared_metrics, within_cell_interval
 from bench.report.load import CellRun, Setting, group_settings, setting_key
 from bench.report.stats import SAME, UNKNOWN, Difference, mover_difference, paired_difference, verdict
 
@@ -89,7 +89,7 @@ def comparable(a: CellRun, b: CellRun, metric: str) -> bool:
     """Whether ``metric`` of two paired cells measures the same thing (same attack, same parameters)."""
     if metric not in a.head or metric not in b.head:
         return False
-    m = ATTACK_METRIC.match(metric)
+    m = ATTACK_METRIC.match(metric) or SIGNAL_METRIC.match(metric)
     return m is None or _attack_params(a, m["attack"]) == _attack_params(b, m["attack"])
 
 

@@ -14,6 +14,11 @@ Columns (each a value with its 95 % interval and a verdict word):
 * reconstruction: the strongest inversion (feature accuracy against its prior baseline, or PSNR);
 * audit: the verdict tag (``violation`` / ``suspect`` / ``no_violation`` / ``vacuous``), the
   certified ε lower bound and the audit's power in words;
+* attribute inference, where the suite runs it: the strongest member/non-member signal
+  (``attack/<attack>/<attribute>/signal``: the attack's gain over imputation on members minus
+  its gain on non-members, :mod:`bench.metrics.attribute`) over attacks and attributes, with its
+  interval ("leaks beyond imputation" when the interval is above 0, "no detectable signal"
+  when it holds 0);
 * one column per adversary when the suite attacks as more than one (the threat matrix's cell:
   strongest attack against that adversary and the ε that still holds against it).
 
@@ -230,6 +235,50 @@ def audit_entry(setting: Setting) -> Entry:
                  lb.low if lb else None, lb.high if lb else None, "audit/epsilon_lower_bound; tags audit_verdict, audit_power")
 
 
+ATTRIBUTE_SIGNAL = "signal"
+_SIGNAL_WORDS = {1: "leaks beyond imputation", 0: "no detectable signal", -1: "below imputation"}
+
+
+def attribute_signals(setting: Setting) -> list[tuple[str, str]]:
+    """``(attack, attribute)`` pairs with an ``attack/<attack>/<attribute>/signal`` metric in any cell
+    (the whole-population signal, not the per-subgroup ``.../group/...`` ones), sorted."""
+    found = set()
+    for c in setting.cells:
+        for k, v in c.metrics.items():
+            parts = k.split("/")
+            if len(parts) == 4 and parts[0] == "attack" and parts[3] == ATTRIBUTE_SIGNAL and math.isfinite(v):
+                found.add((parts[1], parts[2]))
+    return sorted(found)
+
+
+def signal_word(e: Estimate) -> str:
+    """The verdict word of an attribute-inference signal's interval."""
+    if e.low is None or e.high is None:
+        return "no interval"
+    return _SIGNAL_WORDS[1 if e.low > 0 else -1 if e.high < 0 else 0]
+
+
+def attribute_entry(comps: Sequence[Comparison], setting: Setting) -> Entry:
+    """The strongest attribute-inference signal (highest lower interval end) over attacks and attributes."""
+    best = None
+    for attack, attr in attribute_signals(setting):
+        metric = f"attack/{attack}/{attr}/{ATTRIBUTE_SIGNAL}"
+        e = setting.estimate(metric)
+        if e is None:
+            continue
+        key = (e.low if e.low is not None else e.mean, e.mean)
+        if best is None or key > best[0]:
+            best = (key, attack, attr, metric, e)
+    if best is None:
+        return NONE
+    _, attack, attr, metric, e = best
+    word = signal_word(e) + _vs_baseline(comps, setting, metric)
+    n = len(attribute_signals(setting))
+    more = f"; strongest of {n} attack × attribute signals" if n > 1 else ""
+    return Entry(f"{attack} {attr}: signal {_est_text(e, signed=True)}", word, e.mean, e.low, e.high,
+                 f"{metric}: (attack − imputation on members) − (on non-members) ({e.method}){more}")
+
+
 def adversaries_in(settings: Sequence[Setting]) -> list[str]:
     """The adversaries the suite's attacks model, in the accounting's order."""
     from bench.accounting import ADVERSARIES
@@ -258,6 +307,10 @@ def adversary_entries(settings: Sequence[Setting]) -> dict[str, dict[str, Entry]
                 out[label][a] = Entry(f"no attack; ε: {c.epsilon_text}", "")
                 continue
             e = c.estimate
+            if c.metric and c.metric.endswith("/" + ATTRIBUTE_SIGNAL):  # attribute inference: its gain over imputation
+                out[label][a] = Entry(f"{c.attack} {c.metric} {_est_text(e, signed=True)}; ε: {c.epsilon_text}", signal_word(e),
+                                      e.mean, e.low, e.high, f"attack/{c.attack}/{c.metric}")
+                continue
             beats = c.chance is not None and e.low is not None and e.low > c.chance
             word = "beats a blind guess" if beats else ("no better than a blind guess" if e.low is not None and c.chance is not None
                                                         else "no interval" if e.low is None else "")
@@ -267,7 +320,7 @@ def adversary_entries(settings: Sequence[Setting]) -> dict[str, dict[str, Entry]
 
 
 BASE_HEAD = ("setting", "dataset", "seeds", "ε (δ, unit, relation)", "accuracy cost", "worst-hospital cost", "worst-subgroup cost",
-             "strongest membership attack", "reconstruction", "audit")
+             "strongest membership attack", "reconstruction", "audit", "attribute inference")
 
 
 @dataclass(frozen=True)
@@ -291,7 +344,7 @@ def decision_table(settings: Sequence[Setting], comparisons: Sequence[Comparison
         worst = cost_entry(list(fair) + list(comparisons), s, [SITE_WORST, WORST_SITE], "worst hospital's accuracy")
         row = [Entry(s.label), Entry(s.dataset), Entry(f"{len(s.cells)} ({','.join(s.seeds)})", mean=float(len(s.cells))),
                epsilon_entry(s), cost_entry(comparisons, s, [UTILITY], "accuracy"), worst, worst_subgroup_entry(fair, s),
-               membership_entry(comparisons, s), reconstruction_entry(comparisons, s), audit_entry(s)]
+               membership_entry(comparisons, s), reconstruction_entry(comparisons, s), audit_entry(s), attribute_entry(comparisons, s)]
         row += [adv.get(s.label, {}).get(a, NONE) for a in advs]
         rows.append(tuple(row))
     keep = [i for i in range(len(head)) if i < 4 or any(r[i] is not NONE for r in rows)]
@@ -313,7 +366,7 @@ def write_decision(table: DecisionTable, out: Path) -> list[str]:
     return ["decision.csv"]
 
 
-_WORD_CLASS = {"costs": "bad", "above chance": "bad", "beats": "bad", "violation": "bad", "suspect": "warn", "vacuous": "warn",
+_WORD_CLASS = {"costs": "bad", "above chance": "bad", "beats": "bad", "leaks": "bad", "violation": "bad", "suspect": "warn", "vacuous": "warn",
                "weak guarantee": "warn", "does not hold": "bad", "no guarantee": "warn", "not enough seeds": "warn",
                "no interval": "warn", "no comparison": "warn"}
 

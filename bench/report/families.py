@@ -19,6 +19,8 @@ AUDIT_EPS = "audit/accountant_epsilon"  # the accountant's ε at the audit's δ 
 SITE_METRIC = re.compile(r"^utility/site/(?P<site>[^/]+)/accuracy$")
 ATTACK_METRIC = re.compile(r"^attack/(?P<attack>[^/]+)/(?P<metric>[^/]+)$")
 AUDIT_METRIC = re.compile(r"^audit/(?P<audit>[^/]+)/(?P<metric>[^/]+)$")
+# attribute inference's member/non-member signal per attribute (bench.metrics.attribute)
+SIGNAL_METRIC = re.compile(r"^attack/(?P<attack>[^/]+)/(?P<attribute>[^/]+)/signal$")
 DELTA = "privacy/delta"
 AUDIT_DELTA = "audit/delta"
 SEED_SUFFIX = re.compile(r" · seed -?\d+$")
@@ -78,7 +80,8 @@ def headline(metrics: Mapping[str, float]) -> Mapping[str, float]:
 
 
 # What a defense is compared on with no defense (paired by seed): utility, the headline
-# membership metrics, the reconstruction headlines and source inference's lift over its baseline.
+# membership metrics, the reconstruction headlines, source inference's lift over its baseline and
+# attribute inference's signal per attribute.
 COMPARED_UTILITY = (UTILITY, WORST_SITE)
 COMPARED_ATTACK = ("auc", "tpr_at_fpr_0.01", "psnr", "feature_accuracy", "lift_over_nonmembers")
 
@@ -89,6 +92,7 @@ def compared_metrics(keys: Iterable[str]) -> list[str]:
     out = [m for m in COMPARED_UTILITY if m in keys]
     for suffix in COMPARED_ATTACK:
         out += sorted(k for k in keys if (m := ATTACK_METRIC.match(k)) and m["metric"] == suffix)
+    out += sorted(k for k in keys if SIGNAL_METRIC.match(k))
     return out
 
 

@@ -1,6 +1,10 @@
 """The threat matrix: rows = defense settings, columns = adversary, each cell the strongest
 attack against that adversary with its interval over seeds, and the ε that still holds.
 
+An attribute-inference attack's headline is its member/non-member signal per attribute
+(``attack/<attack>/<attribute>/signal``), whose "blind guess" is 0: what imputation from the
+population already gives.
+
 Which attack belongs to which adversary is read from the attack itself (its ``adversary``
 attribute, else its threat model: ``outsider`` -> outsider, ``server`` -> the
 honest-but-curious server, ``peer`` -> the curious peer hospital), never from a list here;
@@ -70,6 +74,13 @@ def _headline(metrics: Mapping[str, float], attack: str) -> Optional[tuple[str, 
     return None
 
 
+def _signals(metrics: Mapping[str, float], attack: str) -> list[str]:
+    """An attribute-inference attack's ``<attribute>/signal`` headlines (``bench.metrics.attribute``:
+    its gain over imputation on members minus on non-members; 0 = what imputation alone gives)."""
+    prefix = f"attack/{attack}/"
+    return sorted(k[len(prefix):] for k in metrics if k.startswith(prefix) and k.endswith("/signal") and k.count("/") == 3)
+
+
 def _epsilon(cells: Sequence[Mapping], adversary: str) -> tuple[Optional[float], str]:
     dp = [c for c in cells if c["tags"].get("dp") == "true"]
     if not dp:
@@ -110,17 +121,18 @@ def threat_matrix(cells: Sequence[Mapping]) -> dict[str, dict[str, MatrixCell]]:
                     continue
                 found = [(c, _headline(c["metrics"], a)) for c in members]
                 found = [(c, h) for c, h in found if h is not None]
-                if not found:
-                    continue
-                metric, chance = found[0][1]
-                est = t_interval([c["metrics"][f"attack/{a}/{metric}"] for c, h in found if h[0] == metric])
-                if est is None:
-                    continue
-                low = est.low if est.low is not None else est.mean
-                # compare across metrics by the lower end's excess over a blind guess
-                key = low - (chance or 0.0)
-                if best is None or key > best[0]:
-                    best = (key, a, metric, est, chance)
+                heads = [found[0][1]] if found else []
+                # attribute inference: each attribute's signal, whose "blind guess" is imputation (0)
+                heads += [(m, 0.0) for m in sorted({m for c in members for m in _signals(c["metrics"], a)})]
+                for metric, chance in heads:
+                    est = t_interval([c["metrics"][f"attack/{a}/{metric}"] for c in members if f"attack/{a}/{metric}" in c["metrics"]])
+                    if est is None:
+                        continue
+                    low = est.low if est.low is not None else est.mean
+                    # compare across metrics by the lower end's excess over a blind guess
+                    key = low - (chance or 0.0)
+                    if best is None or key > best[0]:
+                        best = (key, a, metric, est, chance)
             eps, text = _epsilon(members, adv)
             if best is None:
                 out[row][adv] = MatrixCell(None, None, None, None, eps, text)
@@ -158,6 +170,10 @@ def verdicts(matrix: Mapping[str, Mapping[str, MatrixCell]]) -> list[str]:
         for a in ADVERSARIES:
             c = cells[a]
             if c.estimate is not None and c.chance is not None and c.estimate.low is not None and c.estimate.low > c.chance:
+                if c.metric.endswith("/signal"):
+                    out.append(f"{row or 'none'} / {ADVERSARY_TITLES[a]}: `{c.attack}` leaks {c.metric.split('/')[0]} beyond "
+                               f"imputation (signal {_fmt(c.estimate)})")
+                    continue
                 out.append(f"{row or 'none'} / {ADVERSARY_TITLES[a]}: `{c.attack}` beats a blind guess ({c.metric} {_fmt(c.estimate)})")
             if c.epsilon_text.startswith("none"):
                 out.append(f"{row or 'none'} / {ADVERSARY_TITLES[a]}: the row's ε does not hold against this adversary")
