@@ -4,26 +4,29 @@ Commands (each a fresh process, as a user types it; repeated ``--repeat`` times,
 median shown):
 
   * floors: ``python -c pass`` and ``python -c "import torch"`` (no privbench code);
-  * ``privbench --version``, ``privbench list``, ``privbench validate experiments/quick.yaml``;
+  * ``privbench --version``, ``privbench list``, ``privbench list lira``, ``privbench schema``,
+    ``privbench validate experiments/quick.yaml`` (issue 26 item 3: these load no torch or scipy);
   * ``privbench run`` of one cell (UCI heart disease, 4 hospitals, MLP 32, 3 rounds; the cell of
     ``bench_flower.py`` (a)) into a **new** SQLite store and again into the now **existing** one
     (``--no-resume``);
-  * per command, the heavy modules it imported (``python -X importtime``): torch, mlflow,
-    opacus, ray, matplotlib, sklearn, pandas, bench.report.
+  * per command, the heavy modules it imported (its ``sys.modules`` at exit): torch, scipy,
+    mlflow, opacus, ray, matplotlib, sklearn, pandas, bench.report.
 
 CPU time is user + system of the child process tree (``resource.RUSAGE_CHILDREN``), so it
-counts every core. There is no bare-PyTorch loop here: ``bench_flower.py`` measures against
+counts every core. Each command's wall time is also printed as a ratio to the two floors of the
+same run (``÷ pass``, ``÷ torch``), so numbers from a loaded machine still compare. There is no bare-PyTorch loop here: ``bench_flower.py`` measures against
 Flower, and the ``import torch`` floor is the part no Python FedAvg loop can avoid.
 
 Usage (from the repository root)::
 
     PRIVBENCH_DATA_DIR=/path/to/uci-heart-disease python benchmarks/bench_startup.py \\
-        [--repeat 3] [--json out.json] [--compare before.json] [--before-tree DIR]
+        [--repeat 3] [--json out.json] [--compare before.json] [--before-tree DIR] [--no-run]
 
 ``--before-tree DIR`` measures a second checkout (e.g. an older commit, ``git worktree add DIR
 <commit>``) in the same run, each command alternating between the two trees, and prints the
-ratio this tree / DIR; ``--compare`` prints a saved run (``--json`` of an earlier tree) beside
-this one.
+ratio this tree / DIR (``git archive <commit> | tar -x -C DIR`` makes one without touching the
+working tree); ``--compare`` prints a saved run (``--json`` of an earlier tree) beside this one;
+``--no-run`` leaves out the two ``privbench run`` commands (no data needed).
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import resource
 import statistics
 import subprocess
@@ -43,7 +45,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "mlflow", "opacus", "ray", "matplotlib", "sklearn", "pandas", "bench.report")
+HEAVY = ("torch", "scipy", "mlflow", "opacus", "ray", "matplotlib", "sklearn", "pandas", "bench.report")
 
 
 def one_cell_suite(folder: Path) -> Path:
@@ -75,16 +77,24 @@ def timed(cmd: list[str], env: dict, cwd: Path = REPO) -> tuple[float, float]:
     return wall, cpu
 
 
+_WATCH = ("import atexit, os, sys\n"
+          "_pid = os.getpid()\n"
+          "atexit.register(lambda: os.getpid() == _pid and sys.stderr.write('HEAVY=' + ','.join(sorted(sys.modules)) + '\\n'))\n")
+
+
 def heavy_imports(cmd: list[str], env: dict, cwd: Path = REPO) -> list[str]:
-    """The HEAVY modules a command imports (top-level names), from ``-X importtime``."""
-    proc = subprocess.run([cmd[0], "-X", "importtime", *cmd[1:]], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
-    names = set()
+    """The HEAVY modules in the command's ``sys.modules`` at exit (the main process; a thread's or
+    a child's imports do not hide it, as they can in ``-X importtime``'s interleaved lines)."""
+    if cmd[1:3] == ["-m", "bench"]:
+        code = _WATCH + f"import runpy\nsys.argv = ['privbench', *{cmd[3:]!r}]\nrunpy.run_module('bench', run_name='__main__')\n"
+    else:  # python -c CODE
+        code = _WATCH + cmd[2]
+    proc = subprocess.run([cmd[0], "-c", code], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    names: set[str] = set()
     for line in proc.stderr.splitlines():
-        m = re.match(r"import time:\s+\d+ \|\s+\d+ \|\s*(\S+)", line)
-        if m:
-            names.add(m.group(1).strip())
-    return [h for h in HEAVY if h in names]
+        if line.startswith("HEAVY="):
+            names = set(line[len("HEAVY="):].split(","))
+    return [h for h in HEAVY if any(n == h or n.startswith(h + ".") for n in names)]
 
 
 def main() -> int:
@@ -93,8 +103,9 @@ def main() -> int:
     ap.add_argument("--json", metavar="PATH", help="write the measurements here")
     ap.add_argument("--compare", metavar="PATH", help="a --json file of an earlier run, printed side by side")
     ap.add_argument("--before-tree", metavar="DIR", help="another checkout, measured in the same run (alternating)")
+    ap.add_argument("--no-run", action="store_true", help="leave out `privbench run` (start-up of the light commands only)")
     args = ap.parse_args()
-    if not os.environ.get("PRIVBENCH_DATA_DIR"):
+    if not args.no_run and not os.environ.get("PRIVBENCH_DATA_DIR"):
         raise SystemExit("set PRIVBENCH_DATA_DIR to the folder of UCI's processed.*.data files")
     tmp = Path(tempfile.mkdtemp(prefix="bench_startup_"))
     suite = one_cell_suite(tmp)
@@ -106,10 +117,14 @@ def main() -> int:
         "python -c 'import torch'": [py, "-c", "import torch"],
         "privbench --version": pb + ["--version"],
         "privbench list": pb + ["list"],
+        "privbench list lira": pb + ["list", "lira"],
+        "privbench schema": pb + ["schema"],
         "privbench validate experiments/quick.yaml": pb + ["validate", "experiments/quick.yaml"],
         "privbench run (1 cell, 3 rounds), new store": None,  # a fresh store per repetition, below
         "privbench run (1 cell, 3 rounds), existing store": None,
     }
+    if args.no_run:
+        cmds = {k: v for k, v in cmds.items() if not k.startswith("privbench run")}
     trees = {"this tree": REPO}
     if args.before_tree:
         trees["before tree"] = Path(args.before_tree).resolve()
@@ -144,14 +159,16 @@ def main() -> int:
         result["before_tree"] = {"path": str(trees["before tree"]), "commands": summary("before tree")}
     before = json.loads(Path(args.compare).read_text()) if args.compare else None
     print(f"load at end {load}; median of {args.repeat} runs each; CPU = user + system")
-    head = f"{'command':50s} {'wall s':>7s} {'CPU s':>6s}"
+    head = f"{'command':50s} {'wall s':>7s} {'CPU s':>6s} {'÷ pass':>6s} {'÷ torch':>7s}"
     if args.before_tree:
         head += f" | {'before wall':>11s} {'before CPU':>10s} {'wall ratio':>10s} {'CPU ratio':>9s}"
     if before:
         head += f" | {'saved wall':>10s} {'saved CPU':>9s}"
     print(head + " | heavy modules imported (this tree; before tree)")
+    floor = result["commands"]["python -c pass"]["wall_s"]
+    torch_floor = result["commands"]["python -c 'import torch'"]["wall_s"]
     for k, v in result["commands"].items():
-        line = f"{k:50s} {v['wall_s']:7.2f} {v['cpu_s']:6.2f}"
+        line = f"{k:50s} {v['wall_s']:7.2f} {v['cpu_s']:6.2f} {v['wall_s'] / floor:6.1f} {v['wall_s'] / torch_floor:7.2f}"
         heavy = ", ".join(v["heavy_imports"]) or "-"
         if args.before_tree:
             b = result["before_tree"]["commands"][k]
