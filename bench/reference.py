@@ -447,9 +447,12 @@ def reference_threads(defenses: Sequence[str], k: int, macs: Optional[int] = Non
     in one stack: its K = 16 references are 1.5× one target in one stack and 2.5× in two
     blocks (``docs/bench-scale.md``).
 
-    ``PRIVBENCH_REFERENCE_THREADS`` overrides the default (and the ``macs`` rule): the CPUs this
-    process may use (``os.sched_getaffinity``), at most 4, at most ``k // 2`` (a block of one
-    federation gains nothing from batching).
+    The default: the CPUs this process may use (``os.sched_getaffinity``) that are not already
+    busy (the 1-minute load average, this process counted as one), at most 4, at most ``k // 2``
+    (a block of one federation gains nothing from batching). On a busy machine (``--workers 2``
+    on 2 cores, or other jobs) blocks only time-share the same cores and were measured slower
+    than one stack, so there the default is one stack; the results are the same either way.
+    ``PRIVBENCH_REFERENCE_THREADS`` overrides the default (and the ``macs`` and load rules).
     """
     if "dp_sgd" in defenses or k < 2:
         return 1
@@ -465,7 +468,8 @@ def reference_threads(defenses: Sequence[str], k: int, macs: Optional[int] = Non
         return 1
     else:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        want = min(cpus, 4, k // 2)
+        idle = cpus - os.getloadavg()[0] + 1 if hasattr(os, "getloadavg") else cpus
+        want = min(cpus, 4, k // 2, max(1, int(idle)))
     return max(1, min(want, k))
 
 

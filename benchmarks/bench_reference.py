@@ -172,7 +172,7 @@ def ratio_part(args) -> None:
     ``--threads`` threads, against one target federation; wall and CPU time, interleaved."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from bench.reference import block_count, blocks, macs_per_record, reference_threads
+    from bench.reference import PARALLEL_MIN_MACS, block_count, blocks, macs_per_record, reference_threads
 
     torch.set_num_threads(1)  # a cell's intra-op pool (bench.executors.CELL_THREADS)
     load0 = os.getloadavg()
@@ -191,7 +191,10 @@ def ratio_part(args) -> None:
     probe = build_model(fed.info, cfg.model, seeds.torch("init"))
     macs = macs_per_record(probe, fed.info.input_shape)
     default = reference_threads([s.name for s in cfg.defenses], args.references, macs)
-    threads = args.threads or default
+    # compare blocks with one stack even when the load rule would pick one stack right now
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    unloaded = 1 if default == 1 and (macs < PARALLEL_MIN_MACS or args.defense == "dp_sgd") else min(cpus, 4, args.references // 2)
+    threads = args.threads or unloaded
     serial, why = make_many_simulator(cfg, fed.info, threads=1)
     parallel, _ = make_many_simulator(cfg, fed.info, threads=threads)
     if serial is None:
@@ -228,7 +231,7 @@ def ratio_part(args) -> None:
     k = args.references
     model = f"{cfg.model.name}{list(cfg.model.hidden) if cfg.model.name == 'mlp' else ''}"
     print(f"cell: {args.dataset} {args.defense} model={model} rounds={cfg.train.rounds} local_epochs={cfg.train.local_epochs} "
-          f"batch={cfg.train.batch_size} sites={sizes}; {macs} multiply-adds per record (default threads {default}); "
+          f"batch={cfg.train.batch_size} sites={sizes}; {macs} multiply-adds per record (default threads now {default}, at this load); "
           f"median of {args.repeats}; load average before {load0}, after {os.getloadavg()}")
     print(f"one target federation (no evaluation): wall {wall['target']:.3f} s, CPU {cpu['target']:.3f} s; with evaluation: wall "
           f"{wall['target_eval']:.3f} s")

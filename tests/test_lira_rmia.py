@@ -216,12 +216,18 @@ def test_reference_threads_rules(monkeypatch):
 
     from bench.reference import macs_per_record
 
+    import os
+
     monkeypatch.delenv("PRIVBENCH_REFERENCE_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.9, 0.9, 0.9))  # only this process: both cores free
     assert reference_threads(["dp_sgd"], 16) == 1  # padded Poisson batches: one stack
     assert reference_threads([], 1) == 1
-    assert 1 <= reference_threads([], 16) <= 4
+    assert reference_threads([], 16) == 2 and reference_threads([], 3) == 1
     assert reference_threads([], 16, macs=2048) == 1  # a tabular MLP: Python-bound, one stack
-    assert reference_threads([], 16, macs=80_000) == min(4, len(__import__("os").sched_getaffinity(0)))
+    assert reference_threads([], 16, macs=80_000) == 2
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.2, 2.0, 2.0))  # the other core is busy
+    assert reference_threads([], 16, macs=80_000) == 1
     mlp = torch.nn.Sequential(torch.nn.Linear(12, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))
     assert macs_per_record(mlp, (12,)) == 12 * 64 + 64 * 2
     cnn = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Conv2d(4, 8, 3, padding=1, groups=2))
