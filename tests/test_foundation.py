@@ -358,3 +358,17 @@ def test_a_cell_that_crashes_mid_training_ends_failed_and_runs_again(tmp_path, t
     n_runs = len(client.search_runs([exp.experiment_id]))
     assert main(["run", str(path), "-q"]) == 0  # now it is done: nothing runs, nothing is logged
     assert len(client.search_runs([exp.experiment_id])) == n_runs
+
+
+def test_options_added_later_keep_earlier_cells_run_keys():
+    """A key added with a default that keeps the old behaviour (the image keys of ``data``, RMIA's
+    ``reference_design: paired``) is left out of the run_key at that default: a store's finished
+    cells are not run again after an upgrade. The keys below were computed before those options
+    existed (commit e695145)."""
+    from bench.config import parse_experiment
+
+    rmia = {"data": {"name": "breast_cancer"}, "model": {"name": "mlp", "hidden": [16]},
+            "attacks": [{"name": "rmia", "num_references": 4}], "defenses": []}
+    assert parse_experiment(rmia).run_key == "640f451a2dbaa61c"
+    changed = parse_experiment({**rmia, "attacks": [{"name": "rmia", "num_references": 4, "reference_design": "independent"}]})
+    assert changed.run_key != "640f451a2dbaa61c"  # a non-default value is part of the key

@@ -315,8 +315,9 @@ def test_summary_csv_holds_mean_and_std_over_seeds(filled):
     assert float(none["strongest/membership_auc mean"]) == pytest.approx(0.65)
     assert none["seeds"] == "0,1" and none["n"] == "2"
     md = (filled.out / "summary.md").read_text(encoding="utf-8")
-    # 95 % t-interval over 2 seeds: 0.85 ± t(0.975, 1) · 0.0707 / √2 = 0.85 ± 0.635
-    assert "0.850 [0.215, 1.485]" in md
+    # 95 % t-interval over 2 seeds: 0.85 ± t(0.975, 1) · 0.0707 / √2 = 0.85 ± 0.635, clipped to
+    # [0, 1] (an accuracy cannot exceed 1)
+    assert "0.850 [0.215, 1.000]" in md
     assert float(none["utility/test_accuracy ci_low"]) == pytest.approx(0.85 - 12.7062 * np.std([0.9, 0.8], ddof=1) / math.sqrt(2), abs=1e-4)
 
 

@@ -114,7 +114,8 @@ class RMIA(Attack):
         gamma: float = field(default=1.0, metadata={"gt": 0})
         num_z: int = field(default=1000, metadata={"ge": 1})
         a: Optional[float] = field(default=None, metadata={"ge": 0, "le": 1})
-        reference_design: Literal["paired", "independent"] = "paired"
+        # left out of the run_key at its default: RMIA cells from before the option keep their keys (their numbers are unchanged)
+        reference_design: Literal["paired", "independent"] = field(default="paired", metadata={"omit_if_default": True})
 
     @classmethod
     def check(cls, params, cfg) -> None:

@@ -231,7 +231,9 @@ def audit_entry(setting: Setting) -> Entry:
     lb = setting.estimate("audit/epsilon_lower_bound")
     power = next((c.tags["audit_power"] for c in setting.cells if c.tags.get("audit_power")), "")
     text = f"ε ≥ {_est_text(lb)}" if lb is not None else "no bound"
-    return Entry(f"{text}; power: {power}" if power else text, worst.replace("_", " "), lb.mean if lb else None,
+    if power and not power.startswith(("power", "vacuous")):  # "would catch ..." reads as a power; the others say so
+        power = f"power: {power}"
+    return Entry(f"{text}; {power}" if power else text, worst.replace("_", " "), lb.mean if lb else None,
                  lb.low if lb else None, lb.high if lb else None, "audit/epsilon_lower_bound; tags audit_verdict, audit_power")
 
 

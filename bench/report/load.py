@@ -15,7 +15,7 @@ import numpy as np
 
 from bench.types import ConfigError
 from bench.report.families import DELTA, EPSILON, PER_SEED_PARAMS, PER_SEED_PARAM_PREFIXES, SEED_SUFFIX, headline, within_cell_interval
-from bench.report.stats import Estimate, t_interval
+from bench.report.stats import Estimate, is_proportion, t_interval
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ class Setting:
 
     def estimate(self, metric: str) -> Optional[Estimate]:
         """Mean over seeds with its 95 % t-interval; with one seed, the cell's own interval if it logged one."""
-        est = t_interval(self.values(metric))
+        est = t_interval(self.values(metric), (0.0, 1.0) if is_proportion(metric) else None)
         if est is not None and est.n == 1:
             cell = next(c for c in self.cells if metric in c.head)
             ci = within_cell_interval(cell.head, metric)
