@@ -431,7 +431,7 @@ def _run_here(args, suite, todo, tracker, bar, progress: _Progress, early=None) 
     one possibly from the child ``bench.early`` started before the store was open)."""
     from tqdm import tqdm
 
-    from bench.tracking import StoreError
+    from bench.store import StoreError
 
     source = _source_tags(args)
     for cell in todo:
@@ -471,7 +471,7 @@ def _run_elsewhere(args, suite, todo, tracker, bar, progress: _Progress, executo
     from dataclasses import replace
 
     from bench.executors import CellTask, record_outcome
-    from bench.tracking import StoreError
+    from bench.store import StoreError
 
     def claim(task: CellTask) -> Optional[CellTask]:
         run_id = _claim(args, tracker, progress, task.name, task.tags, bar, task.config)
@@ -603,7 +603,8 @@ def _run_validated(args, suite, started: float, early) -> int:
     from tqdm import tqdm
 
     from bench.executors import CELL_THREADS, make_executor
-    from bench.tracking import MlflowTracker, StoreError
+    from bench.store import StoreError
+    from bench.tracking import MlflowTracker
 
     executor = None
     if args.executor != "local" or args.workers not in (None, 1) or args.address:
@@ -832,7 +833,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _dispatch(args) -> int:
-    from bench.tracking import StoreError
+    from bench.store import StoreError
 
     try:
         return args.func(args)

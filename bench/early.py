@@ -31,7 +31,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
-from bench.tracking import CellLog
+from bench.memlog import CellLog
 
 log = logging.getLogger(__name__)
 

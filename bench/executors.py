@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
-from bench.tracking import CellLog
+from bench.memlog import CellLog
 from bench.types import ConfigError
 
 log = logging.getLogger(__name__)

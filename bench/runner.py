@@ -28,7 +28,7 @@ from bench.auditing import audit_delta, audit_metrics, audit_verdict
 from bench.reference import make_many_simulator, reference_artifacts
 from bench.models import MODELS, build_model, flatten, num_params
 from bench.seeding import Seeds
-from bench.tracking import CellLog, MemoryCellLog
+from bench.memlog import CellLog, MemoryCellLog
 from bench.types import AuditScores, Reconstructions, Federation, PlanInputs, Records, RoundRecord, Site, TrainingRecord
 from bench.views import derive_views
 

@@ -1,4 +1,4 @@
-"""Where results go: the MLflow tracker (default) and an in-memory tracker for tests.
+"""Where results go: the MLflow tracker (the in-memory one for tests is in ``bench.memlog``).
 
 MLflow layout (DESIGN.md): one experiment per suite, one parent run per invocation, one
 child run per cell with the flattened config as params, tags ``suite``, ``run_key``,
@@ -16,82 +16,85 @@ owner is gone (killed with SIGKILL, machine lost) is marked FAILED with an ``err
 saying so by the next ``privbench run`` or ``report`` (:meth:`MlflowTracker.reap_gone`), and
 its cell runs again. Claims use only create/search/tag/delete calls, so they work the same
 on a local SQLite file and through a tracking server's REST API.
+
+Where each piece lives (one concern per module; every name stays importable from here):
+``bench.store`` checks a tracking URI, creates a local store and translates its errors
+(:class:`StoreError`, :func:`open_client`); ``bench.claims`` holds process identity, liveness
+and stale RUNNING runs (:func:`owner_alive`, :func:`reap_runs`); ``bench.memlog`` holds the
+:class:`CellLog` interface and the in-memory tracker for tests. This module keeps the MLflow
+tracker. (Constants such as :data:`STALE_AFTER_S` are read where they are defined: patch
+``bench.claims.STALE_AFTER_S`` to change :func:`owner_alive`, ``bench.tracking.HEARTBEAT_S``
+for the tracker's heartbeat.)
 """
 
 from __future__ import annotations
 
 import functools
-import io
 import json
 import logging
 import os
 import random
-import shutil
 import socket
-import sqlite3
 import subprocess
 import tempfile
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
-from urllib.parse import urlsplit
 
+from bench.claims import (  # noqa: F401 - re-exported: bench.tracking's names before the split
+    CLAIM_ATTEMPTS,
+    HEARTBEAT_S,
+    STALE_AFTER_S,
+    Claim,
+    Heartbeat,
+    Reaped,
+    _now_iso,
+    _parse_iso,
+    _proc_start,
+    owner_alive,
+    owner_text,
+    pid_alive,
+    process_tags,
+    reap_runs,
+)
+from bench.memlog import CellLog, MemoryCellLog, MemoryTracker, _interrupt_text  # noqa: F401 - re-exported
 from bench.redact import redact
 from bench.redact import register as register_secret
-from bench.types import ConfigError
+from bench.store import (  # noqa: F401 - re-exported: bench.tracking's names before the split
+    _DB_SCHEMES,
+    _HTTP_SCHEMES,
+    _OTHER_SCHEMES,
+    _URI_HELP,
+    DEFAULT_STORE,
+    HTTP_DEFAULTS,
+    MIN_FREE_BYTES,
+    MIN_FREE_ENV,
+    StoreError,
+    _causes,
+    _check_room,
+    _check_sqlite_file,
+    _creation_lock,
+    _http_status,
+    _local_sqlite_path,
+    _probe_error,
+    _scheme,
+    _seed_new_store,
+    _short,
+    _template_store,
+    _whole_store,
+    bounded_http_retries,
+    check_tracking_uri,
+    default_tracking_uri,
+    is_store_outage,
+    open_client,
+)
+from bench.types import ConfigError  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STORE = Path("results") / "mlflow.db"
-
-# A claim's owner refreshes its ``heartbeat`` tag this often; on another host, a RUNNING run
-# whose heartbeat is older than STALE_AFTER_S belongs to a process that is gone. Ten missed
-# beats: a busy server or a few minutes of clock skew between hosts do not kill a live claim.
-HEARTBEAT_S = 30.0
-STALE_AFTER_S = 300.0
-# a claim that finds a rival claim made at the same moment backs off and tries again
-CLAIM_ATTEMPTS = 6
-
-# Bounded HTTP retries for a tracking server (set unless the user set them): MLflow's own
-# defaults (7 retries, backoff factor 2, 120 s timeout) make an unreachable server look like
-# a hang for minutes. With these, a refused connection fails after about 7 s (4 tries).
-HTTP_DEFAULTS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
-}
-
-# URI schemes a tracking store can have (SQLAlchemy ones may name a driver: postgresql+psycopg2)
-_DB_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
-_HTTP_SCHEMES = ("http", "https")
-_OTHER_SCHEMES = ("databricks",)
-_URI_HELP = "use sqlite:///PATH/mlflow.db (a local file), http://HOST:PORT (an `mlflow server`) or postgresql://USER@HOST/DB"
-
-
-class StoreError(RuntimeError):
-    """The tracking store stopped answering (or refused a write) while a suite was running.
-
-    Not a cell failure: nothing more can be logged, so the suite stops (``bench.cli``).
-    """
-
-
-def default_tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else a SQLite file under ``./results/``."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    return f"sqlite:///{DEFAULT_STORE.resolve()}"
-
-
-def bounded_http_retries() -> None:
-    """Set :data:`HTTP_DEFAULTS` in this process's environment where the user did not."""
-    for key, value in HTTP_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-
+_Heartbeat = Heartbeat  # its name before the split
 
 @functools.lru_cache(maxsize=1)
 def git_sha() -> str:
@@ -101,526 +104,6 @@ def git_sha() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def _local_sqlite_path(uri: str) -> Optional[Path]:
-    if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///") :].split("?", 1)[0])
-    return None
-
-
-# --------------------------------------------------------------------------- checking a store
-
-
-def _scheme(uri: str) -> str:
-    return urlsplit(uri).scheme.lower().split("+", 1)[0] if "://" in uri else ""
-
-
-def check_tracking_uri(uri: str, create: bool = True) -> None:
-    """Refuse a tracking URI that cannot work, before anything runs or is logged.
-
-    Checks only what can be checked without connecting: the scheme, and for a local SQLite
-    file that its path is a writable SQLite file (or, with ``create``, a file that can be
-    created there).
-
-    Raises:
-        ConfigError: one line naming the URI, the problem and the fix.
-    """
-    where = f"--tracking-uri {redact(uri)!r}"
-    if not uri or not uri.strip():
-        raise ConfigError(f"{where}: empty; {_URI_HELP}")
-    scheme = _scheme(uri)
-    if not scheme:
-        hint = f"; did you mean sqlite:///{Path(uri).resolve()}?" if uri.endswith((".db", ".sqlite")) else ""
-        raise ConfigError(f"{where}: not a tracking URI (no scheme); {_URI_HELP}{hint}")
-    if scheme == "file":
-        raise ConfigError(f"{where}: MLflow's file store is in maintenance mode and privbench does not use it; {_URI_HELP}")
-    if scheme not in _DB_SCHEMES + _HTTP_SCHEMES + _OTHER_SCHEMES:
-        raise ConfigError(f"{where}: unknown scheme {scheme!r}; {_URI_HELP}")
-    if scheme in _HTTP_SCHEMES:
-        if not urlsplit(uri).hostname:
-            raise ConfigError(f"{where}: no host; write it like http://HOST:PORT")
-        return
-    if scheme != "sqlite":
-        return
-    db = _local_sqlite_path(uri)
-    if db is None or str(db) in ("", ":memory:") or uri.startswith("sqlite:///file:"):
-        raise ConfigError(f"{where}: not a SQLite file path (an in-memory store loses every run); write sqlite:///PATH/mlflow.db")
-    _check_sqlite_file(db, where, create)
-
-
-MIN_FREE_BYTES = 64 * 1024 * 1024  # below this, a suite's params, metrics and artifacts may not fit: refused up front
-MIN_FREE_ENV = "PRIVBENCH_MIN_FREE_MB"
-
-
-def _check_room(folder: Path, where: str) -> None:
-    """Refuse a store whose disk is (nearly) full, and an artifact folder that cannot be
-    written, before any run is created: a run begun there would stay RUNNING when its first
-    write fails."""
-    text = os.environ.get(MIN_FREE_ENV, "").strip()
-    need = int(text) * 1024 * 1024 if text.isdigit() else MIN_FREE_BYTES
-    try:
-        free = shutil.disk_usage(folder).free
-    except OSError:
-        free = None
-    if free is not None and free < need:
-        raise ConfigError(f"{where}: the disk of {folder} has {free / 2**20:.0f} MB free, less than the {need / 2**20:.0f} MB a suite needs; "
-                          f"free some space (or lower {MIN_FREE_ENV}) and run again")
-    artifacts = folder / "artifacts"
-    try:
-        artifacts.mkdir(exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=artifacts, prefix=".privbench-probe-"):
-            pass
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot write artifacts to {artifacts} ({exc.strerror or exc}); make it writable (or free space) and run again") from None
-
-
-def _check_sqlite_file(db: Path, where: str, create: bool) -> None:
-    if db.is_dir():
-        raise ConfigError(f"{where}: {db} is a directory; name a file in it, e.g. sqlite:///{db / 'mlflow.db'}")
-    if not db.exists():
-        if not create:
-            raise ConfigError(f"{where}: no such store (file {db} does not exist); run a suite first or pass the right --tracking-uri")
-        folder = db.parent
-        existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
-        if existing is not None and not existing.is_dir():
-            raise ConfigError(f"{where}: {existing} is a file, not a directory; put the store in a directory")
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=folder, prefix=".privbench-probe-"):
-                pass
-        except OSError as exc:
-            raise ConfigError(f"{where}: cannot create the store in {folder} ({exc.strerror or exc}); pick a writable directory") from None
-        _check_room(folder, where)
-        return
-    try:
-        with open(db, "rb") as fh:
-            head = fh.read(16)
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot read {db} ({exc.strerror or exc}); fix its permissions or pick another file") from None
-    if head and head != b"SQLite format 3\x00":
-        raise ConfigError(f"{where}: {db} is not an SQLite database; point at an MLflow SQLite store or at a new file name")
-    if not create:
-        return
-    # a real write probe (permissions, read-only mounts, immutable files; root ignores modes)
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=rw", uri=True, timeout=5, isolation_level=None)
-        try:  # sqlite opens an unwritable file read-only without a word: only a write tells
-            con.execute("BEGIN IMMEDIATE")
-            con.execute("CREATE TABLE privbench_write_probe (x)")
-            con.execute("ROLLBACK")
-        finally:
-            con.close()
-    except sqlite3.OperationalError as exc:
-        text = str(exc)
-        if "locked" in text or "busy" in text:
-            return  # another writer holds it right now: writable
-        raise ConfigError(f"{where}: the store {db} is read-only ({text}); make it and its directory writable, or use another file") from None
-    except sqlite3.DatabaseError as exc:
-        raise ConfigError(f"{where}: {db} is not a usable SQLite database ({exc}); point at an MLflow store or at a new file name") from None
-    _check_room(db.parent, where)
-
-
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
-
-
-def _http_status(exc: BaseException) -> Optional[int]:
-    for e in _causes(exc):
-        code = getattr(e, "get_http_status_code", None)
-        if callable(code):
-            try:
-                return int(code())
-            except Exception:  # an unknown error code
-                return None
-    return None
-
-
-def is_store_outage(exc: BaseException) -> bool:
-    """True when ``exc`` says the store itself failed (unreachable, down, locked, disk), not the request."""
-    import requests
-
-    for e in _causes(exc):
-        if isinstance(e, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, requests.exceptions.RetryError,
-                          ConnectionError, TimeoutError)):
-            return True
-        name = type(e).__name__
-        if name in ("OperationalError", "MaxRetryError", "NewConnectionError", "ProtocolError"):
-            return True
-        text = str(e)
-        if "API request to" in text and "failed with exception" in text:
-            return True
-    status = _http_status(exc)
-    return status is not None and status >= 500
-
-
-def _short(exc: BaseException, limit: int = 300) -> str:
-    """The innermost useful line of an error, shortened (MLflow wraps urllib3 in several layers)."""
-    text = str(exc).replace("\n", " ")
-    for marker in ("Caused by ", "failed with exception "):
-        if marker in text:
-            text = text.split(marker, 1)[1]
-    return text[:limit]
-
-
-def _probe_error(uri: str, exc: BaseException, seconds: float) -> ConfigError:
-    """A one-line ConfigError for a store that fails its first request."""
-    where = f"--tracking-uri {redact(uri)!r}"
-    scheme = _scheme(uri)
-    if isinstance(exc, ImportError):
-        if scheme == "postgresql":
-            return ConfigError(f"{where}: the PostgreSQL driver is missing ({exc}); pip install 'psycopg[binary]', "
-                               "or pip install psycopg2-binary and write postgresql+psycopg2://...")
-        return ConfigError(f"{where}: a driver for this store is missing ({exc}); pip install it")
-    status = _http_status(exc)
-    text = str(exc)
-    if scheme in _HTTP_SCHEMES:
-        if "too many 5" in text or "too many 429" in text:
-            return ConfigError(f"{where}: the tracking server keeps failing (HTTP 5xx for {seconds:.0f} s: its database may be down); "
-                               "check the `mlflow server` log")
-        if "not in a valid JSON format" in text:
-            return ConfigError(f"{where}: the server did not answer like an MLflow tracking server (HTTP 200 but not JSON); "
-                               "check that --tracking-uri is the `mlflow server` URL")
-        if is_store_outage(exc):
-            return ConfigError(f"{where}: cannot reach the tracking server (gave up after {seconds:.0f} s: {_short(exc, 160)}); "
-                               "start `mlflow server` there or fix --tracking-uri")
-        if status in (401, 403):
-            return ConfigError(f"{where}: the server refused the credentials (HTTP {status}); set MLFLOW_TRACKING_USERNAME and "
-                               "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")
-        if status == 404 or "error code 404" in text:
-            path = urlsplit(uri).path.rstrip("/")
-            return ConfigError(f"{where}: no MLflow API at this address (HTTP 404 for {path}/api/2.0/mlflow/...); "
-                               "give the server's root URL, e.g. http://HOST:5000 without a path")
-        return ConfigError(f"{where}: the server did not answer like an MLflow tracking server ({_short(exc, 120)}); "
-                           "check that --tracking-uri is the `mlflow server` URL")
-    return ConfigError(f"{where}: cannot open the store ({type(exc).__name__}: {_short(exc, 200)}); fix the URI or the database")
-
-
-@contextmanager
-def _creation_lock(db: Optional[Path]) -> Iterator[None]:
-    """Serialize the first creation of a SQLite store between processes (a lock file beside it).
-
-    MLflow creates the tables of an empty SQLite file without a lock; two processes starting
-    together on a fresh file then race ("table ... already exists").
-    """
-    if db is None:
-        yield
-        return
-    try:
-        import fcntl
-    except ImportError:  # Windows: no flock; the retry in open_client still helps
-        yield
-        return
-    with open(db.parent / f"{db.name}.lock", "a") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
-def _template_store() -> Path:
-    """An empty SQLite store at this MLflow version's schema, made once per machine and MLflow version.
-
-    A new SQLite store runs every MLflow schema migration (alembic) on first use: about a second
-    of CPU per store. Copying this file instead skips them; MLflow then adds the store's own
-    "Default" experiment (whose artifact location depends on where the store is opened), which
-    is why the template has none.
-    """
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "privbench"
-    path = folder / f"mlflow-{mlflow.__version__}-empty.db"
-    if path.is_file() and _whole_store(path):
-        return path
-    folder.mkdir(parents=True, exist_ok=True)
-    part = folder / f".{path.name}.{os.getpid()}.{threading.get_ident()}"
-    try:
-        MlflowClient(tracking_uri=f"sqlite:///{part}").search_experiments(max_results=1)
-        con = sqlite3.connect(part)
-        try:
-            with con:
-                con.execute("DELETE FROM experiment_tags WHERE experiment_id = 0")
-                con.execute("DELETE FROM experiments WHERE experiment_id = 0")
-        finally:
-            con.close()
-        os.replace(part, path)  # atomic: a concurrent maker writes its own part and replaces the same file
-    finally:
-        part.unlink(missing_ok=True)
-    return path
-
-
-def _whole_store(path: Path) -> bool:
-    """Whether ``path`` is an intact SQLite file with a schema version (a few milliseconds)."""
-    try:
-        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            return con.execute("PRAGMA quick_check").fetchone() == ("ok",) and len(con.execute("SELECT version_num FROM alembic_version").fetchall()) == 1
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return False
-
-
-def _seed_new_store(db: Path) -> None:
-    """Start a store that does not exist yet (or is an empty file) as a copy of :func:`_template_store`.
-
-    Called under :func:`_creation_lock`. Any failure leaves ``db`` as it was, and MLflow creates the
-    store itself, as before.
-    """
-    try:
-        if db.name in ("", ":memory:") or not db.parent.is_dir() or (db.exists() and db.stat().st_size > 0):
-            return
-        template = _template_store()
-        part = db.parent / f".{db.name}.{os.getpid()}.part"
-        try:
-            shutil.copyfile(template, part)
-            os.replace(part, db)
-        finally:
-            part.unlink(missing_ok=True)
-    except Exception as exc:  # noqa: BLE001 - only a shortcut: MLflow's own creation follows
-        log.debug("new store %s: template not used (%s)", db, exc)
-
-
-def open_client(uri: str, create: bool = True):
-    """An ``MlflowClient`` on ``uri`` that has answered once, or a one-line ConfigError.
-
-    Checks the URI (:func:`check_tracking_uri`), then makes one cheap request: a local SQLite
-    store is created under a file lock (:func:`_creation_lock`), a server must answer within
-    the bounded HTTP retries (:data:`HTTP_DEFAULTS`).
-    """
-    from mlflow.tracking import MlflowClient
-
-    check_tracking_uri(uri, create=create)
-    db = _local_sqlite_path(uri)
-    t0 = time.monotonic()
-    for attempt in range(3):
-        try:
-            with _creation_lock(db if create else None):
-                if create and db is not None and attempt == 0:
-                    _seed_new_store(db)
-                client = MlflowClient(tracking_uri=uri)
-                client.search_experiments(max_results=1)
-            return client
-        except ConfigError:
-            raise
-        except Exception as exc:
-            if "already exists" in str(exc) and attempt < 2:  # a store being created by a process without our lock
-                time.sleep(0.5)
-                continue
-            raise _probe_error(uri, exc, time.monotonic() - t0) from None
-    raise AssertionError("unreachable")
-
-
-# --------------------------------------------------------------------------- who owns a run
-
-
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _parse_iso(text: Optional[str]) -> Optional[float]:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
-def process_tags() -> dict[str, str]:
-    """This process's identity on a run it owns: ``host``, ``pid``, ``claimed_at``, ``heartbeat``."""
-    now = _now_iso()
-    return {"host": socket.gethostname(), "pid": str(os.getpid()), "claimed_at": now, "heartbeat": now}
-
-
-def _proc_start(pid: int) -> Optional[float]:
-    """When process ``pid`` started (seconds since the epoch), on Linux; None elsewhere."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] == "Z":
-            return float("inf")  # a zombie: dead, only not yet reaped by its parent
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
-        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
-        return None
-
-
-def pid_alive(pid: int, since: Optional[float] = None) -> bool:
-    """Whether process ``pid`` of this host runs and (where knowable) started before ``since``."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # it exists, owned by another user
-    except OSError:
-        return False
-    started = _proc_start(pid)
-    if started is not None and since is not None and started > since + 5:
-        return False  # the pid was reused by a process that started after the claim
-    return started != float("inf")
-
-
-def owner_alive(tags: Mapping[str, str], start_time_ms: Optional[int] = None, now: Optional[float] = None,
-                host: Optional[str] = None) -> bool:
-    """Whether the process that owns a RUNNING run is still alive.
-
-    Same host: its pid runs and started before the claim. Another host: its ``heartbeat``
-    tag is younger than :data:`STALE_AFTER_S`. A run without these tags (an older privbench)
-    counts as alive until :data:`STALE_AFTER_S` after its start.
-    """
-    now = time.time() if now is None else now
-    here = socket.gethostname() if host is None else host
-    beat = _parse_iso(tags.get("heartbeat")) or _parse_iso(tags.get("claimed_at"))
-    if beat is None:
-        beat = (start_time_ms or 0) / 1000.0
-    if tags.get("host") == here and tags.get("pid", "").isdigit():
-        return pid_alive(int(tags["pid"]), _parse_iso(tags.get("claimed_at")))
-    return now - beat < STALE_AFTER_S
-
-
-def owner_text(tags: Mapping[str, str], now: Optional[float] = None) -> str:
-    """``pid 123 on host h, heartbeat 12 s ago`` (for messages)."""
-    now = time.time() if now is None else now
-    beat = _parse_iso(tags.get("heartbeat"))
-    ago = f", heartbeat {now - beat:.0f} s ago" if beat is not None else ""
-    return f"pid {tags.get('pid', '?')} on host {tags.get('host', '?')}{ago}"
-
-
-@dataclass(frozen=True)
-class Claim:
-    """The outcome of :meth:`MlflowTracker.claim`: a RUNNING run now owned by this process
-    (``run_id``), or ``None`` and why the cell is not ours to run."""
-
-    run_id: Optional[str]
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class Reaped:
-    """A RUNNING run whose process was gone, now marked FAILED."""
-
-    run_id: str
-    name: str
-    owner: str
-
-
-def _interrupt_text(exc: BaseException) -> str:
-    sig = exc.args[0] if isinstance(exc, KeyboardInterrupt) and exc.args else ("SIGINT" if isinstance(exc, KeyboardInterrupt) else type(exc).__name__)
-    return f"interrupted ({sig}); the cell runs again next time"
-
-
-class CellLog:
-    """What a running cell writes: params, metrics (with step), tags and artifacts."""
-
-    def params(self, params: Mapping[str, Any]) -> None: ...
-    def metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None: ...
-    def tags(self, tags: Mapping[str, str]) -> None: ...
-    def text(self, text: str, path: str) -> None: ...
-    def bytes(self, data: bytes, path: str) -> None: ...
-    def figure(self, fig: Any, path: str) -> None:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-        self.bytes(buf.getvalue(), path)
-
-
-# --------------------------------------------------------------------------- in memory
-
-
-class MemoryCellLog(CellLog):
-    def __init__(self, name: str, tags: Mapping[str, str]) -> None:
-        self.name = name
-        self.status = "RUNNING"
-        self.param_values: dict[str, Any] = {}
-        self.metric_history: dict[str, list[tuple[Optional[int], float]]] = {}
-        self.tag_values: dict[str, str] = dict(tags)
-        self.artifacts: dict[str, bytes] = {}
-
-    def params(self, params):
-        self.param_values.update(params)
-
-    def metrics(self, metrics, step=None):
-        for k, v in metrics.items():
-            self.metric_history.setdefault(k, []).append((step, float(v)))
-
-    def tags(self, tags):
-        self.tag_values.update(tags)
-
-    def text(self, text, path):
-        self.artifacts[path] = text.encode()
-
-    def bytes(self, data, path):
-        self.artifacts[path] = data
-
-    def final(self) -> dict[str, float]:
-        return {k: v[-1][1] for k, v in self.metric_history.items()}
-
-
-class MemoryTracker:
-    """Keeps everything in memory (tests)."""
-
-    def __init__(self) -> None:
-        self.runs: list[MemoryCellLog] = []
-        self.parent_status: Optional[str] = None
-
-    def begin_suite(self, suite) -> None:
-        self.parent_status = "RUNNING"
-
-    def reap_gone(self, suite_name: str) -> list[Reaped]:
-        return []
-
-    def finished_keys(self, suite) -> set[str]:
-        return {r.tag_values["run_key"] for r in self.runs if r.status == "FINISHED"}
-
-    def claim(self, name: str, tags: Mapping[str, str], ignore_finished_before: Optional[float] = None) -> Claim:
-        for r in self.runs:
-            if r.tag_values.get("run_key") == tags.get("run_key") and r.status in ("FINISHED", "RUNNING"):
-                return Claim(None, r.status)
-        self.runs.append(MemoryCellLog(name, tags))
-        return Claim(str(len(self.runs) - 1))
-
-    @contextmanager
-    def cell(self, name: str, tags: Mapping[str, str], run_id: Optional[str] = None) -> Iterator[MemoryCellLog]:
-        if run_id is None:
-            run = MemoryCellLog(name, tags)
-            self.runs.append(run)
-        else:
-            run = self.runs[int(run_id)]
-        try:
-            yield run
-        except (KeyboardInterrupt, SystemExit) as exc:
-            run.status = "KILLED"
-            run.tag_values["error"] = _interrupt_text(exc)
-            raise
-        except BaseException as exc:
-            run.status = "FAILED"
-            run.tag_values["error"] = f"{type(exc).__name__}: {exc}"
-            raise
-        run.status = "FINISHED"
-
-    def parent_log(self) -> Optional[CellLog]:
-        return None
-
-    def log_dataset(self, run_id: str, cfg) -> None:
-        """(MLflow's dataset inputs have no in-memory counterpart.)"""
-
-    def save_view(self) -> None:
-        """(No UI to save a view for.)"""
-
-    def end_suite(self, status: str, reason: Optional[str] = None) -> None:
-        for r in self.runs:
-            if r.status == "RUNNING":
-                r.status = "KILLED" if status == "KILLED" else "FAILED"
-        self.parent_status = status
 
 
 # --------------------------------------------------------------------------- MLflow
@@ -665,26 +148,6 @@ class MlflowCellLog(CellLog):
             self._call(self.client.log_artifact, self.run_id, str(local), None if parent == "." else parent)
 
 
-class _Heartbeat:
-    """Refreshes the ``heartbeat`` tag of every run this process owns, from a daemon thread."""
-
-    def __init__(self, beat: Callable[[], None], every: float) -> None:
-        self._beat, self._every = beat, every
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="privbench-heartbeat", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self._every):
-            try:
-                self._beat()
-            except Exception as exc:  # a missed beat is harmless; the next one may get through
-                log.debug("heartbeat failed: %s", exc)
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
 class MlflowTracker:
     """Logs to an MLflow tracking store (local SQLite by default, or a server).
 
@@ -708,7 +171,7 @@ class MlflowTracker:
         self.lost: Optional[str] = None  # why the store stopped answering, once it has
         self._owned: dict[str, str] = {}  # run id -> name: RUNNING runs this process must end
         self._lock = threading.Lock()
-        self._heartbeat: Optional[_Heartbeat] = None
+        self._heartbeat: Optional[Heartbeat] = None
         self._rng = random.Random(os.getpid() ^ time.monotonic_ns())  # claim back-off only, never results
 
     # ---- store calls
@@ -810,7 +273,7 @@ class MlflowTracker:
         planned = [{"run_key": c.run_key, "name": c.name} for c in suite.cells if getattr(c, "run_key", None)]
         if planned:  # what this invocation set out to run: the report names the cells that never got a run
             self._call(self.client.log_text, self.parent_id, json.dumps(planned, indent=1), "cells.json")
-        self._heartbeat = _Heartbeat(self._beat, HEARTBEAT_S)
+        self._heartbeat = Heartbeat(self._beat, HEARTBEAT_S)
 
     def finished_keys(self, suite) -> set[str]:
         exp = self._call(self.client.get_experiment_by_name, suite.name)
@@ -951,15 +414,6 @@ class MlflowTracker:
             self._end_quietly(rid, "KILLED" if status == "KILLED" else "FAILED", reason or "the suite ended before this cell finished; it runs again next time")
         if self.parent_id:
             self._end(self.parent_id, status)
-
-
-def reap_runs(tracker: MlflowTracker, runs) -> list[Reaped]:
-    """Mark FAILED those of ``runs`` (RUNNING) whose owner is gone and that this process does not own."""
-    out = []
-    for r in runs:
-        if r.info.status == "RUNNING" and r.info.run_id not in tracker._owned and not owner_alive(r.data.tags, r.info.start_time):
-            out.append(tracker._mark_gone(r))
-    return out
 
 
 def dumps(obj: Any) -> str:

@@ -292,7 +292,7 @@ def cmd_ui(args) -> int:
     MLflow fails to start (its last log lines are printed)."""
     from mlflow.tracking import MlflowClient
 
-    from bench.tracking import default_tracking_uri
+    from bench.store import default_tracking_uri
 
     uri = args.tracking_uri or default_tracking_uri()
     suite = getattr(args, "suite", None)

@@ -292,6 +292,30 @@ def test_registries_are_leaves():
     assert "bench.executors" not in graph["bench.runner"]
 
 
+def test_the_tracking_rooms_sit_below_the_tracker():
+    """issue 25 item 6: the store, the claims and the in-memory log are their own modules, below
+    ``bench.tracking`` (which re-exports their names), and import nothing that logs or runs."""
+    graph = import_graph()
+    assert graph["bench.store"] <= {"bench.redact", "bench.types"}
+    assert graph["bench.claims"] == set()  # (its tracker annotation is a TYPE_CHECKING import)
+    assert graph["bench.memlog"] <= {"bench.claims"}
+    assert {"bench.store", "bench.claims", "bench.memlog"} <= graph["bench.tracking"]
+    for mod in ("bench.runner", "bench.executors", "bench.early"):  # a cell's log needs no MLflow tracker
+        assert "bench.tracking" not in graph[mod], mod
+    import bench.claims
+    import bench.memlog
+    import bench.store
+    import bench.tracking
+
+    for home in (bench.store, bench.claims, bench.memlog):  # every old name still reachable, the same object
+        own = [n for n, obj in vars(home).items() if getattr(obj, "__module__", None) == home.__name__
+               or n.lstrip("_").isupper() and n not in ("TYPE_CHECKING",)]
+        assert len(own) >= 4, (home, own)
+        for name in own:
+            assert getattr(bench.tracking, name, None) is getattr(home, name), (home.__name__, name)
+    assert bench.tracking._Heartbeat is bench.claims.Heartbeat  # its name before the split
+
+
 def test_the_cycle_finder_finds_circles():
     g = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
     assert cycles(g) == [["a", "b", "c"]]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench import tracking
+from bench import store
 from bench.cli import main
 from conftest import tiny_raw
 
@@ -74,7 +74,7 @@ def test_a_full_disk_is_refused_before_any_run(tmp_path, capsys, monkeypatch):
     db, uri = _store(tmp_path)
     capsys.readouterr()
     Usage = collections.namedtuple("Usage", "total used free")
-    monkeypatch.setattr(tracking.shutil, "disk_usage", lambda p: Usage(10 * 2**30, 10 * 2**30 - 2**20, 2**20))
+    monkeypatch.setattr(store.shutil, "disk_usage", lambda p: Usage(10 * 2**30, 10 * 2**30 - 2**20, 2**20))
     suite = _suite(tmp_path)
     for _ in range(2):  # still full: refused again, still nothing created
         assert main(["run", str(suite), "-q", "--tracking-uri", uri]) == 2
@@ -86,7 +86,7 @@ def test_a_full_disk_is_refused_before_any_run(tmp_path, capsys, monkeypatch):
     assert main(["run", str(suite), "-q", "--tracking-uri", f"sqlite:///{fresh}"]) == 2
     _one_line(capsys)
     monkeypatch.setenv("PRIVBENCH_MIN_FREE_MB", "0")  # the user's own, lower threshold
-    tracking.check_tracking_uri(uri)
+    store.check_tracking_uri(uri)
 
 
 def test_report_on_an_unwritable_output_folder_is_one_line(tmp_path, capsys):

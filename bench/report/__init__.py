@@ -126,7 +126,7 @@ def write_report(suite: str, tracking_uri: Optional[str] = None, out_dir: Option
     """
     from mlflow.tracking import MlflowClient
 
-    from bench.tracking import _local_sqlite_path, default_tracking_uri
+    from bench.store import _local_sqlite_path, default_tracking_uri
 
     uri = tracking_uri or default_tracking_uri()
     db = _local_sqlite_path(uri)

@@ -88,7 +88,7 @@ class SuiteRuns:
     @property
     def left_out(self) -> tuple[LeftOut, ...]:
         """Every cell not in the report, with its status and the reason."""
-        from bench.tracking import owner_text
+        from bench.claims import owner_text
 
         out = [LeftOut(c.name, c.run_key, c.status, c.tags.get("error", "no error tag")) for c in self.failed]
         out += [LeftOut(c.name, c.run_key, "RUNNING", f"running in {owner_text(c.tags)}") for c in self.running]
