@@ -29,7 +29,7 @@ from bench.models import build_model, flatten
 from bench.training import LocalSettings, PlainTrainer
 from bench.types import DatasetInfo, Records
 
-# Opacus's hooks fire with no input requiring grad (the data never does); see defenses/dp_sgd.py
+# Opacus's hooks fire with no input requiring grad (the data never does); see defenses/dpsgd/opacus_path.py
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")
 
 B = 16

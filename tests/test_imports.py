@@ -325,3 +325,30 @@ def test_the_cycle_finder_finds_circles():
     src = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import x.y\ndef f():\n    from x import z\n"
     tree_targets = [m for _, m, _ in imports_of(src, "x.w")]
     assert "x" in tree_targets
+
+
+def test_dp_sgds_machinery_sits_below_the_defense():
+    """issue 25 item 6: ``defenses/dp_sgd.py`` is the defense a plug-in author reads; its trainer,
+    the engine and Opacus paths, calibration and group_clip are modules of ``defenses/dpsgd/``
+    below it, and every name it had is still reachable from it (the same object, so that a
+    mutation such as ``_FALLBACKS_TOLD.clear()`` reaches the code that reads it)."""
+    graph = import_graph()
+    parts = [m for m in graph if m.startswith("defenses.dpsgd.")]
+    assert len(parts) >= 5, parts
+    for mod in parts:
+        assert "defenses.dp_sgd" not in graph[mod], mod
+    assert set(parts) - {"defenses.dpsgd.trainer"} <= graph["defenses.dp_sgd"] | graph["defenses.dpsgd.trainer"]
+    import defenses.dp_sgd as dp_sgd
+    from defenses.dpsgd import calibration, engine_path, group_clip, opacus_path, trainer
+
+    for home, names in {
+        trainer: ("DPTrainer", "_FALLBACKS_TOLD", "_NO_CLIP", "GRAD_SAMPLE_MODES"),
+        engine_path: ("EngineDPOptimizer",),
+        opacus_path: ("_group_clip_optimizer",),
+        calibration: ("sample_rate", "steps_per_round", "calibrate_noise", "_surely_reachable"),
+        group_clip: ("GroupClip",),
+    }.items():
+        for name in names:
+            assert getattr(dp_sgd, name) is getattr(home, name), name
+    assert dp_sgd.DPSGD.trainer_class is trainer.DPTrainer
+    assert trainer.log.name == "defenses.dp_sgd"  # the fallback warning keeps the defense's logger name
