@@ -71,3 +71,21 @@ def test_threats_suite_is_valid_and_covers_the_rows_with_three_seeds():
     assert {"secure_aggregation", "client_dp", "distributed_dp", "dp_sgd"} <= names
     advs = {attack_adversary(a.name) for c in cells for a in c.attacks}
     assert set(ADVERSARIES) <= advs
+
+
+def test_image_inversion_is_the_servers_attack_and_own_baselines_are_the_blind_guess():
+    """An image inversion's SSIM is the server's headline (it was 'no attack applies'); an attack
+    that logs its own blind guess (``chance``, ``baseline_<metric>``) is measured against it."""
+    from bench.report.threats import threat_matrix
+
+    cells = [
+        {"row": "none", "seed": s, "tags": {"dp": "false"},
+         "metrics": {"attack/inverting_gradients/ssim": v, "attack/source_inference/accuracy": 0.30 + s / 100,
+                     "attack/source_inference/chance": 0.25}}
+        for s, v in enumerate([0.70, 0.80, 0.75])
+    ]
+    m = threat_matrix(cells)["none"]["server"]
+    assert m.attack == "inverting_gradients" and m.metric == "ssim" and m.chance is None
+    only_source = [{**c, "metrics": {k: v for k, v in c["metrics"].items() if "source" in k}} for c in cells]
+    m = threat_matrix(only_source)["none"]["server"]
+    assert m.attack == "source_inference" and m.chance == 0.25

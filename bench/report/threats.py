@@ -31,7 +31,9 @@ ADVERSARY_TITLES = {
     "peer": "curious peer hospital",
 }
 #: the headline of each kind of attack result, in order of preference, and the value of a blind guess
-HEADLINES = (("recovered_fraction", 0.0), ("auc", 0.5), ("accuracy", None), ("feature_accuracy", None))
+#: (None: the attack's own logged ``baseline_<metric>`` or ``chance`` where it has one, e.g. the prior's
+#: feature accuracy, source inference's 1 / hospitals; images' SSIM has no blind-guess baseline: shown against 0)
+HEADLINES = (("recovered_fraction", 0.0), ("auc", 0.5), ("accuracy", None), ("feature_accuracy", None), ("ssim", None))
 
 
 def attack_adversary(name: str) -> Optional[str]:
@@ -125,6 +127,13 @@ def threat_matrix(cells: Sequence[Mapping]) -> dict[str, dict[str, MatrixCell]]:
                 # attribute inference: each attribute's signal, whose "blind guess" is imputation (0)
                 heads += [(m, 0.0) for m in sorted({m for c in members for m in _signals(c["metrics"], a)})]
                 for metric, chance in heads:
+                    if chance is None:  # the attack's own blind guess, where it logs one (the prior's feature
+                        # accuracy, source inference's 1 / hospitals)
+                        for key in (f"attack/{a}/baseline_{metric}", f"attack/{a}/chance"):
+                            base = [c["metrics"][key] for c in members if key in c["metrics"]]
+                            if base:
+                                chance = float(sum(base) / len(base))
+                                break
                     est = t_interval([c["metrics"][f"attack/{a}/{metric}"] for c in members if f"attack/{a}/{metric}" in c["metrics"]])
                     if est is None:
                         continue
@@ -204,7 +213,8 @@ def matrix_figure(matrix: Mapping[str, Mapping[str, MatrixCell]], path: Path) ->
         for j, a in enumerate(ADVERSARIES):
             c = matrix[r][a]
             what = "no attack applies" if c.attack is None else f"{c.attack}\n{c.metric} {_fmt(c.estimate)}"
-            ax.text(j, i, f"{what}\nε: {c.epsilon_text}", ha="center", va="center", fontsize=6.5)
+            dark = not np.isnan(grid[i, j]) and grid[i, j] > 0.55  # white text where the red is deep
+            ax.text(j, i, f"{what}\nε: {c.epsilon_text}", ha="center", va="center", fontsize=6.5, color="white" if dark else "black")
     ax.set_xticks(range(len(ADVERSARIES)), [ADVERSARY_TITLES[a] for a in ADVERSARIES], fontsize=8)
     ax.set_yticks(range(len(rows)), [r or "none" for r in rows], fontsize=7)
     ax.set_title("Threat matrix: strongest attack per adversary (colour: lower 95% end above a blind guess) and the ε that holds",
