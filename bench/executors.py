@@ -25,6 +25,8 @@ leaves no worker behind.
 
 from __future__ import annotations
 
+import functools
+import gc
 import logging
 import multiprocessing
 import os
@@ -48,6 +50,12 @@ log = logging.getLogger(__name__)
 # thread pools each; it also makes results independent of the worker count (a matmul's
 # reduction order can depend on the number of threads).
 CELL_THREADS = 1
+
+# Imported once in the fork server, before any worker is forked, so that every worker shares
+# them copy-on-write instead of importing its own copy: the pipeline, torch's lazily imported
+# compiler stack (the first optimizer pulls it in, ~1 s), matplotlib's pyplot (every cell with
+# an attack renders its ROC figure: ~20 MB and 0.3 s per worker otherwise) and Opacus.
+WORKER_PRELOAD = ("bench.runner", "torch._dynamo", "matplotlib.pyplot", "opacus")
 
 
 # --------------------------------------------------------------------------- recording
@@ -156,8 +164,35 @@ def execute(task: CellTask) -> CellOutcome:
         result = run_cell(task.config, rec)
     except Exception as exc:  # a crashing cell ends FAILED and the suite goes on
         log.debug("cell %s failed", task.name, exc_info=True)
-        return CellOutcome(task, rec, {}, _portable(exc), time.perf_counter() - t0)
-    return CellOutcome(task, rec, dict(result.metrics), None, time.perf_counter() - t0)
+        outcome = CellOutcome(task, rec, {}, _portable(exc), time.perf_counter() - t0)
+    else:
+        outcome = CellOutcome(task, rec, dict(result.metrics), None, time.perf_counter() - t0)
+        del result  # the training record, views and references: nothing the parent needs
+    release_memory()
+    return outcome
+
+
+def release_memory() -> None:
+    """Free a finished cell's leftovers and hand the freed heap back to the system.
+
+    glibc keeps freed memory in its arenas for reuse, so a worker would otherwise hold its
+    largest cell's footprint until it exits; ``malloc_trim(0)`` returns it (where there is
+    no glibc, only the collection runs). Numbers are unaffected: nothing live is touched.
+    """
+    gc.collect()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        return None
 
 
 # --------------------------------------------------------------------------- writing
@@ -203,6 +238,12 @@ def _die_with_parent() -> None:
 
 
 def _init_worker(threads: int) -> None:
+    # What the fork server imported is shared copy-on-write with every worker until a page is
+    # written, and a full garbage collection writes to every object it visits: without this,
+    # each worker's first cell copied ~70 MB of the server's pages (docs/bench-scale.md, Memory
+    # with workers). Frozen, the inherited objects are out of the collector's reach (they live
+    # as long as the process anyway). First thing, before the worker allocates much.
+    gc.freeze()
     # Ctrl-C and SIGTERM reach the whole process group; only the parent decides what happens
     # then (it kills the workers), so a worker never dies half-way through on its own. If the
     # parent itself is killed (SIGKILL), its fork server exits and takes the workers with it.
@@ -220,9 +261,7 @@ def _mp_context():
     methods = multiprocessing.get_all_start_methods()
     if "forkserver" in methods:
         ctx = multiprocessing.get_context("forkserver")
-        # the pipeline and torch's lazily imported compiler stack (the first optimizer pulls
-        # it in, ~1 s): imported once in the server instead of once per worker
-        ctx.set_forkserver_preload(["bench.runner", "torch._dynamo"])
+        ctx.set_forkserver_preload(list(WORKER_PRELOAD))  # once in the server instead of once per worker
         return ctx
     return multiprocessing.get_context("spawn")
 
