@@ -352,3 +352,28 @@ def test_dp_sgds_machinery_sits_below_the_defense():
             assert getattr(dp_sgd, name) is getattr(home, name), name
     assert dp_sgd.DPSGD.trainer_class is trainer.DPTrainer
     assert trainer.log.name == "defenses.dp_sgd"  # the fallback warning keeps the defense's logger name
+
+
+def test_each_command_has_its_module_below_the_cli():
+    """issue 25 item 6: ``bench/cli.py`` keeps the parser and dispatch; each command group is a
+    module of ``bench/commands/`` that never imports the CLI back, and every name ``bench.cli`` had
+    is still importable from it (the same object)."""
+    graph = import_graph()
+    parts = [m for m in graph if m.startswith("bench.commands.")]
+    assert {"bench.commands.run", "bench.commands.validate", "bench.commands.report", "bench.commands.ui"} <= set(parts)
+    for mod in parts:
+        assert "bench.cli" not in graph[mod], mod
+    import bench.cli as cli
+    from bench.commands import common, report, run, summary, ui, validate
+
+    for home in (common, summary, validate, run, report, ui):
+        own = [n for n, obj in vars(home).items() if getattr(obj, "__module__", None) == home.__name__
+               or n.lstrip("_").isupper()]
+        assert own, home
+        for name in own:
+            assert getattr(cli, name, None) is getattr(home, name), (home.__name__, name)
+    parser = cli.build_parser()
+    funcs = {c: parser.parse_args([c, *a]).func for c, a in
+             (("run", ["s.yaml"]), ("validate", ["s.yaml"]), ("list", []), ("schema", []), ("report", ["--suite", "x"]), ("ui", []))}
+    assert funcs == {"run": run.cmd_run, "validate": validate.cmd_validate, "list": validate.cmd_list,
+                     "schema": validate.cmd_schema, "report": report.cmd_report, "ui": ui.cmd_ui}
