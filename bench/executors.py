@@ -57,6 +57,14 @@ CELL_THREADS = 1
 # an attack renders its ROC figure: ~20 MB and 0.3 s per worker otherwise) and Opacus.
 WORKER_PRELOAD = ("bench.runner", "torch._dynamo", "matplotlib.pyplot", "opacus")
 
+# What one local worker holds of its own at its peak (USS: pages no other process shares) and
+# what their fork server holds, in MB: measured on experiments/membership.yaml (tabular MLPs,
+# 16 reference federations; docs/bench-scale.md, "Memory with workers") and rounded up. A floor,
+# not an estimate: image models and larger data need more, so ``--workers N`` is refused only
+# when even this cannot fit in the memory available (:func:`check_workers_memory`).
+WORKER_MEMORY_MB = 100
+FORK_SERVER_MEMORY_MB = 350
+
 
 # --------------------------------------------------------------------------- recording
 
@@ -266,8 +274,64 @@ def _mp_context():
     return multiprocessing.get_context("spawn")
 
 
+def available_memory_mb() -> Optional[float]:
+    """Memory this process may still take, in MB, or None where unknown (not Linux).
+
+    ``MemAvailable`` of ``/proc/meminfo``, lowered to the headroom of a cgroup v2 memory limit
+    (a container's ``memory.max`` minus ``memory.current``) where there is one.
+    """
+    try:
+        with open("/proc/meminfo") as f:
+            avail = next(int(line.split()[1]) / 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            current = int(f.read().strip())
+        if limit != "max":
+            avail = min(avail, (int(limit) - current) / 2**20)
+    except (OSError, ValueError):  # no cgroup v2 limit: the machine's memory is the bound
+        pass
+    return avail
+
+
+def check_workers_memory(workers: int, available_mb: Optional[float] = None) -> None:
+    """Refuse ``--workers N`` when N workers and their fork server cannot fit in memory.
+
+    Uses the measured floor per worker (:data:`WORKER_MEMORY_MB`) and for the fork server
+    (:data:`FORK_SERVER_MEMORY_MB`): refused here means the suite would surely run out of memory
+    (cells killed half-way); passing does not promise that larger models fit.
+
+    Args:
+        workers: the number of worker processes asked for.
+        available_mb: memory available in MB; None reads it (:func:`available_memory_mb`), and
+            where that is unknown nothing is checked.
+
+    Raises:
+        ConfigError: one line with the memory needed and available and the largest
+            ``--workers`` that fits.
+    """
+    avail = available_memory_mb() if available_mb is None else available_mb
+    if avail is None:
+        return
+    need = workers * WORKER_MEMORY_MB + FORK_SERVER_MEMORY_MB
+    if need <= avail:
+        return
+    fit = int((avail - FORK_SERVER_MEMORY_MB) // WORKER_MEMORY_MB)
+    fix = f"use --workers {fit} or fewer" if fit >= 2 else "run without --workers (cells in this process) or free memory"
+    raise ConfigError(f"--workers {workers}: {workers} worker processes and their fork server need at least {need / 1024:.1f} GB "
+                      f"({WORKER_MEMORY_MB} MB each of their own and {FORK_SERVER_MEMORY_MB} MB shared, measured on small tabular "
+                      f"models; bigger ones need more) but {avail / 1024:.1f} GB of memory is available; {fix}")
+
+
 class LocalExecutor:
     """Cells in ``workers`` processes on this machine (``privbench run --workers N``).
+
+    Workers are forked from a fork server that has imported the pipeline (:data:`WORKER_PRELOAD`),
+    and share its memory copy-on-write; ``--workers N`` is refused up front when N of them cannot
+    fit in the memory available (:func:`check_workers_memory`).
 
     Args:
         workers: number of worker processes (>= 1).
@@ -276,6 +340,7 @@ class LocalExecutor:
     def __init__(self, workers: int) -> None:
         if workers < 1:
             raise ConfigError(f"--workers: got {workers}; expected a positive number of processes, e.g. --workers 2")
+        check_workers_memory(workers)
         self.workers = workers
         self._pool: Optional[ProcessPoolExecutor] = None
 

@@ -14,7 +14,18 @@ import yaml
 
 from bench.cli import main
 from bench.config import parse_experiment
-from bench.executors import CellTask, RecordingCellLog, execute, make_executor, record_outcome
+from bench.executors import (
+    FORK_SERVER_MEMORY_MB,
+    WORKER_MEMORY_MB,
+    CellTask,
+    LocalExecutor,
+    RecordingCellLog,
+    available_memory_mb,
+    check_workers_memory,
+    execute,
+    make_executor,
+    record_outcome,
+)
 from bench.runner import run_cell
 from bench.tracking import MemoryCellLog, MemoryTracker
 from bench.types import ConfigError
@@ -130,7 +141,54 @@ def test_cli_rejects_address_without_ray(tmp_path, tracking_uri, capsys):
     assert "--address" in capsys.readouterr().err
 
 
+def test_workers_that_cannot_fit_in_memory_are_refused_in_one_line():
+    # the boundary: N workers fit while N * per-worker + fork server <= available
+    avail = 6 * WORKER_MEMORY_MB + FORK_SERVER_MEMORY_MB
+    check_workers_memory(6, available_mb=avail)  # exactly fits: no error
+    with pytest.raises(ConfigError) as err:
+        check_workers_memory(7, available_mb=avail)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("--workers 7:") and msg.endswith("use --workers 6 or fewer")
+    with pytest.raises(ConfigError, match="run without --workers"):  # not even two fit
+        check_workers_memory(2, available_mb=FORK_SERVER_MEMORY_MB + WORKER_MEMORY_MB)
+    if sys.platform.startswith("linux"):
+        assert available_memory_mb() > 0
+        with pytest.raises(ConfigError, match="--workers"):  # the executor checks on construction
+            LocalExecutor(10**9)
+
+
+def test_cli_refuses_more_workers_than_memory_before_logging(tmp_path, capsys):
+    if not sys.platform.startswith("linux"):
+        pytest.skip("available memory is read from /proc/meminfo")
+    suite = _suite_file(tmp_path, seeds=(0,))
+    store = tmp_path / "never.db"
+    assert main(["run", suite, "--tracking-uri", f"sqlite:///{store}", "-q", "--workers", str(10**9)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--workers {10**9}:" in err[0] and "Traceback" not in err[0]
+    assert not store.exists()  # refused before the store was opened
+
+
 # --------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_cells_in_local_workers_equal_cells_in_this_process():
+    """Workers forked from the preloaded fork server (gc frozen, memory trimmed after each cell)
+    give each cell exactly the log an in-process run gives, whichever worker runs it."""
+    cfgs = [parse_experiment(tiny_raw(seed=s, defenses=d, train__rounds=2))
+            for s in (0, 1) for d in ([], [{"name": "dp_sgd", "noise_multiplier": 1.0, "max_grad_norm": 1.0}])]
+    tasks = [CellTask(i, f"c{i}", c.run_key, c) for i, c in enumerate(cfgs)]
+    outcomes = {o.task.index: o for o in LocalExecutor(2).run(tasks)}
+    strip = lambda h: {k: v for k, v in h.items() if "seconds" not in k}  # noqa: E731
+    for i, cfg in enumerate(cfgs):
+        direct = MemoryCellLog("d", {})
+        run_cell(cfg, direct)
+        assert outcomes[i].ok, outcomes[i].error
+        replayed = MemoryCellLog("r", {})
+        outcomes[i].log.replay(replayed)
+        assert strip(replayed.metric_history) == strip(direct.metric_history), i
+        assert replayed.param_values == direct.param_values
+        assert replayed.artifacts == direct.artifacts
 
 
 @pytest.mark.slow
