@@ -66,11 +66,6 @@ class StreamedResult:
 
 
 def _child(cfg: Any, conn) -> None:
-    import gc
-
-    # forked from the CLI: what it imported (torch, the pipeline) stays shared copy-on-write
-    # as long as no full collection writes to it (as in bench.executors._init_worker)
-    gc.freeze()
     from bench.executors import CELL_THREADS, RecordingCellLog, _portable
 
     import torch
