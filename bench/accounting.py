@@ -141,11 +141,19 @@ def epsilon_of(events: Iterable[DPEvent], delta: float, accountant: str = "rdp")
     relations = {e.neighbouring for e in events}
     if len(relations) > 1:
         raise ValueError(f"events of one party under several neighbouring relations {sorted(relations)}; restate them under one")
-    hist = [(effective_noise_multiplier(e), e.sample_rate, e.steps) for e in events]
+    hist = tuple((effective_noise_multiplier(e), e.sample_rate, e.steps) for e in events)
     if any(s <= 0 for s, _, _ in hist):
         return math.inf
+    return _epsilon_of_history(hist, float(delta), accountant)
+
+
+@functools.lru_cache(maxsize=4096)
+def _epsilon_of_history(hist: tuple, delta: float, accountant: str) -> float:
+    """The accountant's ε for one history of (σ, q, steps): a pure function, asked many times
+    per cell with the same arguments (the cell's ε, each adversary's, the audits') and costly
+    at large ε under RDP (Opacus's fractional-order series), so it is computed once."""
     acc = make_accountant(accountant)
-    acc.history = hist
+    acc.history = list(hist)
     return float(acc.get_epsilon(delta=delta))
 
 

@@ -113,8 +113,14 @@ def claimed_profile(output: AuditScores, events: Sequence[DPEvent], accountant: 
     (``None`` without DP). Each pair is a guarantee the accountant states; together they
     claim f-DP for f = max_i f_{ε_i, δ_i} (Dong, Roth, Su 2022), a curve, not one point."""
     evs = party_events(output, events)
-    if output.party is None:  # the weakest of several parties, at each δ
-        eps = [accountant_epsilon(output, evs, accountant, d) for d in PROFILE_DELTAS]
+    if output.party is None:  # the weakest of several parties, at each δ: one Rényi curve per party
+        groups: dict[tuple, list] = {}
+        for e in evs:  # (add/remove, as accountant_epsilon)
+            groups.setdefault((e.unit, e.party), []).append(dataclasses.replace(e, neighbouring="add_remove"))
+        if not groups:
+            return None
+        curves = [epsilons_of(g, PROFILE_DELTAS, accountant) for _, g in sorted(groups.items())]
+        eps = [max(c[i] for c in curves) for i in range(len(PROFILE_DELTAS))]
     elif not evs:
         return None
     else:  # one party: one Rényi curve, every δ (add/remove, as accountant_epsilon)

@@ -163,3 +163,22 @@ def test_a_privacy_profile_equals_the_accountant_at_every_delta(accountant):
               DPEvent(kind="poisson_gaussian", unit="record", party="a", noise_multiplier=2.0, sample_rate=1.0, steps=3, population=200)]
     deltas = [1e-9, 1e-6, 1e-5, 1e-3] if accountant == "rdp" else [1e-6, 1e-5]
     assert epsilons_of(events, deltas, accountant) == pytest.approx([epsilon_of(events, d, accountant) for d in deltas], rel=1e-12)
+
+
+def test_epsilon_of_is_computed_once_per_history_and_equals_the_accountant():
+    """ε of one history is cached (the cell's ε, each adversary's and the audits' ask the same
+    question many times); the cached value is Opacus's accountant's, for RDP and PRV."""
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
+    from bench.accounting import _epsilon_of_history, epsilon_of
+    from bench.types import DPEvent
+
+    ev = DPEvent(kind="poisson_gaussian", unit="record", party="a", noise_multiplier=0.7, sample_rate=0.05, steps=300,
+                 population=320, source="dp_sgd", neighbouring="add_remove")
+    for name, cls in (("rdp", RDPAccountant), ("prv", PRVAccountant)):
+        acc = cls()
+        acc.history = [(0.7, 0.05, 300)]
+        before = _epsilon_of_history.cache_info().hits
+        assert epsilon_of([ev], 1e-5, name) == pytest.approx(acc.get_epsilon(delta=1e-5), rel=1e-12)
+        assert epsilon_of([ev], 1e-5, name) == epsilon_of([ev], 1e-5, name)
+        assert _epsilon_of_history.cache_info().hits >= before + 2
