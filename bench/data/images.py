@@ -13,8 +13,9 @@ Every image is read in ``data.image_mode`` (``gray``: 1 channel, ``rgb``: 3), re
 ``data.image_size`` (``[height, width]``, bilinear) when given, else all must share one size, and
 its pixel values are scaled to [0, 1] (8-bit by 255, 16-bit by 65535): the range the models,
 the gradient-inversion dummies and their image metrics assume. ``privbench validate --data``
-prints all of this (:func:`describe_images`). Paths and file names are never logged; the
-fingerprint is a digest over the files' contents and their relative paths.
+prints all of this (:func:`describe_images`). The images' paths and file names are never logged
+(``data.path`` itself is a run parameter, as a CSV's path is); the fingerprint is a digest over the
+files' contents and their relative paths.
 """
 
 from __future__ import annotations
