@@ -234,13 +234,16 @@ def true_epsilon(bug: str, events, accountant: str, delta: float, party: str) ->
 @contextlib.contextmanager
 def substituted(bug: str) -> Iterator[None]:
     """Within the block, the public defense name of ``bug`` builds the broken class."""
+    from bench.registry import Entry
+
     name, cls = MUTANTS[bug]
-    real = DEFENSES._items[name]
-    DEFENSES._items[name] = cls
+    DEFENSES.get(name)  # the real entry, loaded (so that restoring it needs no import)
+    real = DEFENSES._entries[name]
+    DEFENSES._entries[name] = Entry(name, None, "built-in", obj=cls)
     try:
         yield
     finally:
-        DEFENSES._items[name] = real
+        DEFENSES._entries[name] = real
 
 
 def _heart(data_dir: str, **over) -> dict:

@@ -182,8 +182,18 @@ def test_privbench_ui_opens_a_suite_ready_to_compare(tmp_path):
         opts.add_argument(f"--user-data-dir={tmp_path / 'chrome-profile'}")
         driver = webdriver.Chrome(options=opts, service=Service(chromedriver))
         driver.set_page_load_timeout(60)
-        wait = WebDriverWait(driver, 45, poll_frequency=0.5)
-        body = lambda: driver.find_element(By.TAG_NAME, "body").text  # noqa: E731
+        # a page that re-renders while it is read (React replacing the node being read) raises
+        # StaleElementReference or Chrome's "Node with given id does not belong to the document":
+        # read again at the next poll instead of failing (the wait's timeout still bounds it)
+        wait = WebDriverWait(driver, 45, poll_frequency=0.5, ignored_exceptions=(WebDriverException,))
+
+        def body() -> str:
+            for _ in range(5):
+                try:
+                    return driver.find_element(By.TAG_NAME, "body").text
+                except WebDriverException:  # the document changed under the read: read the new one
+                    time.sleep(0.2)
+            return driver.find_element(By.TAG_NAME, "body").text
 
         # 1. the runs table, grouped by setting, headline columns, names in full
         driver.get(link)
