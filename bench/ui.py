@@ -324,6 +324,9 @@ def cmd_ui(args) -> int:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                                 env=server_env())
     guard = start_watchdog(proc.pid)  # a hard-killed privbench ui takes its server with it
+    import faulthandler
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: where a stuck ui is, on stderr
     args.started_server = True  # bench.cli exits at once after it (see bench.cli.cmd_ui)
     # SIGTERM (kill, a scheduler; Ctrl-C cannot reach a background job) stops the server like Ctrl-C
     previous = signal.signal(signal.SIGTERM, _interrupt)
