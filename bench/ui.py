@@ -330,6 +330,9 @@ def cmd_ui(args) -> int:
     args.started_server = True  # bench.cli exits at once after it (see bench.cli.cmd_ui)
     # SIGTERM (kill, a scheduler; Ctrl-C cannot reach a background job) stops the server like Ctrl-C
     previous = signal.signal(signal.SIGTERM, _interrupt)
+    # Ctrl-C too, explicitly: a process started with SIGINT ignored (a background job of a
+    # non-interactive shell, as some CI runners start tests) gets no KeyboardInterrupt from Python
+    previous_int = signal.signal(signal.SIGINT, _interrupt)
     try:
         try:
             secs = wait_healthy(base, proc)
@@ -350,3 +353,4 @@ def cmd_ui(args) -> int:
         _kill_group(guard.pid, 0.0, guard)
         guard.wait()
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)

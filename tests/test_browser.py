@@ -328,3 +328,31 @@ def test_privbench_ui_leaves_nothing_behind(tmp_path, how):
             os.killpg(ui.pid, signal.SIGKILL)
         for line in _ui_processes(port):
             os.kill(int(line.split()[0]), signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_privbench_ui_even_when_started_with_sigint_ignored(tmp_path):
+    """A background job of a non-interactive shell (some CI runners start tests that way) starts
+    with SIGINT ignored, and Python then raises no KeyboardInterrupt: ``privbench ui`` installs its
+    own Ctrl-C handler, so SIGINT still stops it (exit 0). No timing assertion."""
+    from bench.cli import main
+
+    suite = tmp_path / "browsertest.yaml"
+    suite.write_text(SUITE.replace("[], [{name: clipping, max_norm: 0.5}], ", ""))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["run", str(suite), "--tracking-uri", uri, "-q"]) == 0
+    port = _free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "bench", "ui", "--tracking-uri", uri, "--port", str(port)],
+                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    out: list[str] = []
+    try:
+        _read_links(ui, out, timeout=90)
+        ui.send_signal(signal.SIGINT)
+        ui.wait(timeout=60)
+        assert ui.returncode == 0, out[-10:]
+    finally:
+        if ui.poll() is None:
+            os.killpg(ui.pid, signal.SIGKILL)
+        for line in _ui_processes(port):
+            os.kill(int(line.split()[0]), signal.SIGKILL)
