@@ -290,12 +290,8 @@ def _gone(pred, timeout: float = 60.0) -> bool:
     return pred()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
-def test_privbench_ui_leaves_nothing_behind(tmp_path, how):
-    """SIGTERM stops ``privbench ui`` (exit 0) and everything it started; a hard kill (SIGKILL, which
-    it cannot handle) still takes its MLflow server and uvicorn worker down (the watchdog). No timing
-    assertion: polled with a generous timeout; the measured time is printed."""
+def _ui_on_one_cell(tmp_path, preexec_fn=None) -> tuple[subprocess.Popen, int]:
+    """A one-cell suite run into a fresh store, then ``privbench ui`` on it (its own session) and its port."""
     from bench.cli import main
 
     suite = tmp_path / "browsertest.yaml"
@@ -304,7 +300,18 @@ def test_privbench_ui_leaves_nothing_behind(tmp_path, how):
     assert main(["run", str(suite), "--tracking-uri", uri, "-q"]) == 0
     port = _free_port()
     ui = subprocess.Popen([sys.executable, "-m", "bench", "ui", "--tracking-uri", uri, "--port", str(port)],
-                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                          preexec_fn=preexec_fn)
+    return ui, port
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_privbench_ui_leaves_nothing_behind(tmp_path, how):
+    """SIGTERM stops ``privbench ui`` (exit 0) and everything it started; a hard kill (SIGKILL, which
+    it cannot handle) still takes its MLflow server and uvicorn worker down (the watchdog). No timing
+    assertion: polled with a generous timeout; the measured time is printed."""
+    ui, port = _ui_on_one_cell(tmp_path)
     out: list[str] = []
     try:
         _read_links(ui, out, timeout=90)
@@ -335,16 +342,7 @@ def test_ctrl_c_stops_privbench_ui_even_when_started_with_sigint_ignored(tmp_pat
     """A background job of a non-interactive shell (some CI runners start tests that way) starts
     with SIGINT ignored, and Python then raises no KeyboardInterrupt: ``privbench ui`` installs its
     own Ctrl-C handler, so SIGINT still stops it (exit 0). No timing assertion."""
-    from bench.cli import main
-
-    suite = tmp_path / "browsertest.yaml"
-    suite.write_text(SUITE.replace("[], [{name: clipping, max_norm: 0.5}], ", ""))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert main(["run", str(suite), "--tracking-uri", uri, "-q"]) == 0
-    port = _free_port()
-    ui = subprocess.Popen([sys.executable, "-m", "bench", "ui", "--tracking-uri", uri, "--port", str(port)],
-                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    ui, port = _ui_on_one_cell(tmp_path, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     out: list[str] = []
     try:
         _read_links(ui, out, timeout=90)
